@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+import numpy as np
 from pathlib import Path
 
 
@@ -50,6 +52,75 @@ def _cmd_train_gan(a: argparse.Namespace) -> int:
                       max_images=a.max_images, generator=gen)
     trainer = train_gan(cfg, resume=a.resume)
     print(f"trained to {trainer.nimg / 1000:.1f} kimg; generator at {Path(a.out) / 'generator.pt'}")
+    return 0
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    import time
+
+    from model.domain import render_batch
+    from model.generator.checkpoints import num_params
+    from model.generator.default import load_default_or
+    from model.images import save_grid, to_uint8
+    from model.visualize import preview_rows
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    print(f"[1/3] rendering {a.n} default-domain images with exact part labels ...")
+    images, labels = render_batch(a.n, seed=a.seed)
+    save_grid(images, out / "domain-grid.png", cols=8, scale=2)
+    save_grid(preview_rows(images[:8], labels[:8]), out / "domain-labels.png", cols=6, scale=3)
+    print("[2/3] loading the shipped default generator ...")
+    G = load_default_or(a.generator)
+    print(f"      {G.cfg.resolution}px StyleGAN2, {num_params(G) / 1e6:.2f}M parameters")
+    print(f"[3/3] sampling {a.n} images ...")
+    save_grid(to_uint8(G.sample(a.n, seed=a.seed)), out / "generator-grid.png", cols=8, scale=2)
+    print(f"done in {time.time() - t0:.1f}s:")
+    for name in ("domain-grid.png", "domain-labels.png", "generator-grid.png"):
+        print(f"  {out / name}")
+    return 0
+
+
+def _cmd_train_segmenter(a: argparse.Namespace) -> int:
+    from model.domain.dataset import read_labeled_folder
+    from model.metrics import iou_per_class, mean_iou
+    from model.segmenter import predict, save_segmenter, train_segmenter
+
+    images, labels, classes = read_labeled_folder(a.data, limit=a.n)
+    res = train_segmenter(images, labels, len(classes), steps=a.steps, batch=a.batch, base=a.base, seed=a.seed,
+                          progress=True)
+    summary = {"n_train": len(images), "steps": a.steps, "seconds": round(res.seconds, 1),
+               "final_loss": round(res.final_loss, 4)}
+    if a.test:
+        t_img, t_lab, _ = read_labeled_folder(a.test)
+        pred = predict(res.model, t_img)
+        summary.update(n_test=len(t_img), miou=round(100 * mean_iou(pred, t_lab, len(classes)), 2),
+                       iou_per_class=dict(zip(classes, np.round(100 * iou_per_class(pred, t_lab, len(classes)), 1).tolist())))
+    if a.out:
+        save_segmenter(res.model, a.out, meta={"classes": classes, **{k: v for k, v in summary.items()
+                                                                        if k != "iou_per_class"}})
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_eval_gan(a: argparse.Namespace) -> int:
+    from model.domain.dataset import read_labeled_folder
+    from model.generator.quality import fd_report, write_report
+    from model.segmenter import load_segmenter
+
+    evaluator = load_segmenter(a.evaluator)
+    real, _, _ = read_labeled_folder(a.real, limit=2 * a.n)
+    if len(real) < 2 * a.n:
+        raise ValueError(f"{a.real} holds {len(real)} images; the floor needs 2 × {a.n} real images")
+    run = Path(a.run)
+    snaps = sorted((run / "snapshots").glob("*.pt")) if run.is_dir() else [run]
+    if a.last:
+        snaps = snaps[-a.last:]
+    report = fd_report(snaps, evaluator, real[: a.n], real[a.n:], n=a.n)
+    if run.is_dir():
+        write_report(report, run / "fd.json")
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -112,6 +183,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     t.set_defaults(func=_cmd_train_gan)
+
+    d = sub.add_parser("demo", help="the main job on the embedded default domain")
+    d.add_argument("--out", default="demo-out")
+    d.add_argument("--n", type=int, default=32)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--generator", default=None)
+    d.set_defaults(func=_cmd_demo)
+
+    ts = sub.add_parser("train-segmenter", help="train the U-Net on a labeled folder; report test mIoU")
+    ts.add_argument("--data", required=True, help="labeled folder (images/, labels/, labels.json)")
+    ts.add_argument("--n", type=int, default=None, help="use the first N labeled images")
+    ts.add_argument("--test", default=None, help="labeled folder to evaluate on")
+    ts.add_argument("--steps", type=int, default=1500)
+    ts.add_argument("--batch", type=int, default=16)
+    ts.add_argument("--base", type=int, default=16)
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--out", default=None)
+    ts.set_defaults(func=_cmd_train_segmenter)
+
+    eg = sub.add_parser("eval-gan", help="Fréchet distance of U-Net features, per checkpoint, with the real floor")
+    eg.add_argument("--run", required=True, help="a train-gan run folder (all snapshots) or one checkpoint")
+    eg.add_argument("--real", required=True, help="labeled folder of real images (≥ 2n)")
+    eg.add_argument("--evaluator", required=True, help="segmenter checkpoint (dgan train-segmenter --out)")
+    eg.add_argument("--n", type=int, default=2000)
+    eg.add_argument("--last", type=int, default=None, help="only the last K snapshots")
+    eg.set_defaults(func=_cmd_eval_gan)
 
     b = sub.add_parser("bench", help="benchmarks (JSON)")
     b.add_argument("what", choices=["generator"])
