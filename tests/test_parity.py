@@ -1,6 +1,7 @@
 """Our generator reproduces both StyleGAN2 families' own outputs (../shared/fixtures) to 1e-5."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from model.generator.checkpoints import from_nvlabs_state_dict, load_generator
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(os.environ.get("DGAN_FIXTURES", Path(__file__).resolve().parent / "fixtures"))
 NV = FIXTURES / "nvlabs-stylegan2"
 ROS = FIXTURES / "rosinality-stylegan2"
 pytestmark = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"parity fixtures not found at {FIXTURES}")
