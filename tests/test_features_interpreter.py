@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.features import FeatureExtractor
+from model.generator.checkpoints import generator_id
+from model.interpreter import Interpreter, InterpreterConfig, balanced_pixel_sample, remove_small_regions
+from model.labeling import fit_from_latents, label_latents
+
+from .conftest import tiny_generator
+
+
+def test_feature_dim_from_generator_and_sampling_matches_full(tiny_G):
+    fx = FeatureExtractor(tiny_G)
+    assert fx.dim == 32 + 32 + 32 + 16 + 16 + 8 + 8
+    ws = tiny_G.map(torch.randn(3, 32))
+    img, full = fx.full(ws, dtype=torch.float32)
+    assert img.shape == (3, 3, 32, 32) and full.shape == (3, fx.dim, 32, 32)
+    torch.testing.assert_close(img, tiny_G.synthesis(ws))           # hooks do not change the image
+    idx = torch.tensor([0, 1, 2, 2, 0])
+    ys, xs = torch.tensor([0, 5, 31, 16, 7]), torch.tensor([0, 31, 3, 16, 30])
+    _, sampled = fx.at_pixels(ws, idx, ys, xs)
+    torch.testing.assert_close(sampled, full[idx, :, ys, xs], atol=1e-5, rtol=1e-5)
+    assert fx.full(ws)[1].dtype == torch.float16
+
+
+def test_balanced_sample_bounds_memory_and_keeps_rare_classes():
+    labels = torch.zeros(2, 32, 32, dtype=torch.long)
+    labels[0, :4, :4] = 1          # 16 rare pixels
+    labels[1, 10:, :] = 2          # 704 common pixels
+    idx, w = balanced_pixel_sample(labels, per_class=100, n_classes=3)
+    kept = labels.reshape(-1)[idx]
+    assert (kept == 1).sum() == 16 and (kept == 2).sum() == 100 and (kept == 0).sum() == 100
+    # weights restore the natural frequencies
+    assert float(w[kept == 2].sum()) == pytest.approx(704)
+    with pytest.raises(ValueError, match="outside the 2 classes"):
+        balanced_pixel_sample(labels, 10, 2)
+
+
+def _brightness_masks(G, ws):
+    img = G.synthesis(ws)
+    gray = img.mean(1)
+    q = torch.quantile(gray.reshape(-1), torch.tensor([0.33, 0.66]))
+    return (gray > q[0]).long() + (gray > q[1]).long()
+
+
+def test_fit_predict_uncertainty_and_save_load(tmp_path, tiny_G):
+    torch.manual_seed(0)
+    ws = tiny_G.map(torch.randn(8, 32))
+    masks = _brightness_masks(tiny_G, ws)
+    cfg = InterpreterConfig(in_dim=0, n_classes=3, members=4, epochs=30, batch=512, per_class=3000)
+    interp = fit_from_latents(tiny_G, ws, masks.numpy().astype(np.uint8), ["dark", "mid", "bright"], cfg)
+    assert interp.report.pixels <= 9000 and np.isfinite(interp.report.final_loss)
+    _, pred = label_latents(tiny_G, interp, ws)
+    acc = (torch.from_numpy(pred.labels).long() == masks).float().mean().item()
+    assert acc > 0.8, acc
+    assert pred.probs.shape == (8, 3, 32, 32) and np.allclose(pred.probs.sum(1), 1, atol=1e-4)
+    assert (pred.uncertainty >= 0).all() and pred.score.shape == (8,)
+    assert np.log(3) >= pred.uncertainty.max()                       # JS is bounded by log C
+    # Uncertainty is higher where the classes meet (near thresholds) than deep inside a class.
+    edges = (F.max_pool2d(masks[:, None].float(), 3, 1, 1) != -F.max_pool2d(-masks[:, None].float(), 3, 1, 1))[:, 0]
+    assert pred.uncertainty[edges.numpy()].mean() > pred.uncertainty[~edges.numpy()].mean()
+
+    path = interp.save(tmp_path / "interp.pt")
+    again = Interpreter.load(path, generator_id=generator_id(tiny_G))
+    _, pred2 = label_latents(tiny_G, again, ws)
+    assert np.array_equal(pred2.labels, pred.labels)
+    with pytest.raises(ValueError, match="fitted for generator"):
+        Interpreter.load(path, generator_id=generator_id(tiny_generator(seed=5)))
+
+
+def test_remove_small_regions():
+    lab = np.zeros((1, 8, 8), np.uint8)
+    lab[0, :4, :4] = 1     # 16 px region stays
+    lab[0, 7, 7] = 2       # 1 px speck goes
+    out = remove_small_regions(lab, 3)
+    assert out[0, 7, 7] == 0 and (out[0, :4, :4] == 1).all()
