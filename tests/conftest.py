@@ -24,8 +24,3 @@ def tiny_generator(seed: int = 0, **overrides) -> Generator:
 @pytest.fixture
 def tiny_G() -> Generator:
     return tiny_generator()
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(2)

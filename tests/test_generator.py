@@ -62,3 +62,11 @@ def test_gradients_reach_every_parameter():
     G(torch.randn(2, 32), noise_mode="random").square().mean().backward()
     missing = [n for n, p in G.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, missing
+
+
+def test_fast_fir_upsampling_equals_the_reference_definition():
+    from model.generator.ops import fir_filter, upfirdn2d, upsample2d_fir
+
+    f = fir_filter()
+    x = torch.randn(2, 5, 8, 8)
+    torch.testing.assert_close(upsample2d_fir(x, f), upfirdn2d(x, f, up=2, pad=(2, 1, 2, 1), gain=4.0))

@@ -36,10 +36,15 @@ def upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1,
 def upsample2d_fir(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
     """×2 upsampling with a 4-tap FIR filter, as both StyleGAN2 codebases do for the skip image.
 
-    x: [N, C, H, W] → [N, C, 2H, 2W]."""
-    kw = f.shape[-1]
-    p0, p1 = (kw + 1) // 2, (kw - 2) // 2
-    return upfirdn2d(x, f, up=2, pad=(p0, p1, p0, p1), gain=4.0)
+    x: [N, C, H, W] → [N, C, 2H, 2W]. Equals ``upfirdn2d(x, f, up=2, pad=(2, 1, 2, 1), gain=4)`` for a
+    4-tap filter, computed as a grouped transposed convolution (no zero-inserted copy)."""
+    if f.shape != (4, 4):
+        kw = f.shape[-1]
+        p0, p1 = (kw + 1) // 2, (kw - 2) // 2
+        return upfirdn2d(x, f, up=2, pad=(p0, p1, p0, p1), gain=4.0)
+    c = x.shape[1]
+    weight = (f * 4.0).flip([0, 1]).to(x.dtype)[None, None].expand(c, 1, 4, 4)
+    return F.conv_transpose2d(x, weight, stride=2, padding=1, groups=c)
 
 
 def upsample2d_bilinear(x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ops import fir_filter, upfirdn2d, upsample2d_bilinear, upsample2d_fir
+from .ops import fir_filter, upsample2d_bilinear, upsample2d_fir
 
 NOISE_MODES = ("const", "random", "none")
 UPSAMPLE_MODES = ("bilinear", "fir")
@@ -161,22 +161,27 @@ class SynthesisLayer(nn.Module):
         if not self.up:
             x = F.conv2d(x, self.weight, padding=1)
         elif self.upsample == "fir":
+            # Transposed conv, then the FIR blur; "pad 1 then valid 4×4" is conv2d(padding=1).
             x = F.conv_transpose2d(x, self.weight.transpose(0, 1), stride=2)
-            x = upfirdn2d(x, self.resample_filter, pad=(1, 1, 1, 1), gain=4.0)
+            c = x.shape[1]
+            x = F.conv2d(x, (self.resample_filter * 4.0)[None, None].expand(c, 1, -1, -1), padding=1, groups=c)
         else:
             x = F.conv2d(upsample2d_bilinear(x), self.weight, padding=1)
         # Demodulation: 1/‖W·s‖ per (sample, output channel), from squared weights and styles.
         dcoefs = (styles.square().matmul(self.weight.square().sum(dim=[2, 3]).t()) + 1e-8).rsqrt()
-        x = x * dcoefs[:, :, None, None]
         if noise is None and noise_mode == "const":
             noise = self.noise_const
         elif noise is None and noise_mode == "random":
             noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device)
         elif noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        # x·d + noise·strength + bias, then lrelu·√2 — with the √2 gain folded in (lrelu is
+        # positively homogeneous), two passes over the activations instead of six.
+        gain = math.sqrt(2)
+        shift = (self.bias * gain)[None, :, None, None]
         if noise is not None:
-            x = x + noise * self.noise_strength
-        x = F.leaky_relu(x + self.bias[None, :, None, None], 0.2) * math.sqrt(2)
+            shift = shift + noise * (self.noise_strength * gain)
+        x = F.leaky_relu(torch.addcmul(shift, x, (dcoefs * gain)[:, :, None, None]), 0.2)
         if self.conv_clamp is not None:
             x = x.clamp(-self.conv_clamp, self.conv_clamp)
         return x
