@@ -56,9 +56,9 @@ def label_latents(G: Generator, interp: Interpreter, ws: torch.Tensor, batch: in
         raise ValueError(f"the interpreter expects {interp.cfg.in_dim}-dim features, this generator gives {fx.dim}")
     images, parts = [], []
     for start in range(0, ws.shape[0], batch):
-        img, feats = fx.full(ws[start:start + batch], noise_mode, dtype=torch.float32)
+        img, maps = fx.native(ws[start:start + batch], noise_mode)
         images.append(img)
-        parts.append(interp.predict(feats))
+        parts.append(interp.predict_native(maps, fx.resolution))
     pred = Prediction(np.concatenate([p.labels for p in parts]), np.concatenate([p.probs for p in parts]),
                       np.concatenate([p.uncertainty for p in parts]), np.concatenate([p.score for p in parts]))
     return torch.cat(images), pred

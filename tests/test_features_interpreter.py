@@ -76,3 +76,19 @@ def test_remove_small_regions():
     lab[0, 7, 7] = 2       # 1 px speck goes
     out = remove_small_regions(lab, 3)
     assert out[0, 7, 7] == 0 and (out[0, :4, :4] == 1).all()
+
+
+def test_native_resolution_prediction_equals_full_features(tiny_G):
+    fx = FeatureExtractor(tiny_G)
+    interp = Interpreter(InterpreterConfig(in_dim=fx.dim, n_classes=4, members=3), list("abcd"), "g")
+    with torch.no_grad():   # non-trivial BN statistics
+        for norm in interp.model.norms:
+            norm.running_mean.normal_()
+            norm.running_var.uniform_(0.5, 2)
+    ws = tiny_G.map(torch.randn(2, 32))
+    _, full = fx.full(ws, dtype=torch.float32)
+    _, maps = fx.native(ws)
+    a, b = interp.predict(full), interp.predict_native(maps, 32)
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+    np.testing.assert_allclose(a.uncertainty, b.uncertainty, atol=1e-5)
+    assert (a.labels == b.labels).mean() > 0.999
