@@ -124,6 +124,52 @@ def _cmd_eval_gan(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_encoder(a: argparse.Namespace) -> int:
+    from model.generator.default import DEFAULT_ENCODER, load_default_or
+    from model.inversion import train_encoder
+
+    G = load_default_or(a.generator)
+    enc = train_encoder(G, steps=a.steps, batch=a.batch, base=a.base, seed=a.seed, progress=True)
+    out = enc.save(a.out or DEFAULT_ENCODER)
+    print(f"encoder for generator {enc.generator_id} written to {out} (final loss {enc.meta['final_loss']:.4f})")
+    return 0
+
+
+def _cmd_fit(a: argparse.Namespace) -> int:
+    from model.domain.dataset import read_labeled_folder
+    from model.generator.default import load_default_or, load_encoder_for
+    from model.interpreter import InterpreterConfig
+    from model.inversion import images_to_tensor, invert
+    from model.labeling import fit_from_latents
+
+    G = load_default_or(a.generator)
+    images, labels, classes = read_labeled_folder(a.data, limit=a.n)
+    if images.shape[1] != G.cfg.resolution:
+        raise ValueError(f"{a.data} holds {images.shape[1]}px images; the generator makes {G.cfg.resolution}px")
+    enc = load_encoder_for(G, a.encoder)
+    inv = invert(G, images_to_tensor(images), encoder=enc, steps=a.steps)
+    cfg = InterpreterConfig(in_dim=0, n_classes=len(classes), members=a.members)
+    interp = fit_from_latents(G, inv.ws, labels, classes, cfg, seed=a.seed)
+    out = interp.save(a.out, meta={"n_images": len(images), "data": str(a.data),
+                                   "inversion_psnr_db": float(inv.psnr_db.mean())})
+    print(json.dumps({"out": str(out), "n_images": len(images), "inversion_psnr_db": round(float(inv.psnr_db.mean()), 2),
+                      "inversion_seconds": round(inv.seconds, 1), "fit_seconds": round(interp.report.seconds, 1),
+                      "pixels": interp.report.pixels}))
+    return 0
+
+
+def _cmd_synthesize(a: argparse.Namespace) -> int:
+    from model.generator.default import load_default_or, load_interpreter_for
+    from model.synthesis import write_synthetic_dataset
+
+    G = load_default_or(a.generator)
+    interp = load_interpreter_for(G, a.interpreter)
+    summary = write_synthetic_dataset(G, interp, a.out, a.n, seed=a.seed, psi=a.psi, filter_frac=a.filter,
+                                      chunk=a.chunk, progress=True)
+    print(json.dumps(summary))
+    return 0
+
+
 def _cmd_bench(a: argparse.Namespace) -> int:
     from model import bench
 
@@ -210,12 +256,45 @@ def build_parser() -> argparse.ArgumentParser:
     eg.add_argument("--last", type=int, default=None, help="only the last K snapshots")
     eg.set_defaults(func=_cmd_eval_gan)
 
+    te = sub.add_parser("train-encoder", help="train the inversion encoder on generator samples")
+    te.add_argument("--generator", default=None)
+    te.add_argument("--steps", type=int, default=3000)
+    te.add_argument("--batch", type=int, default=32)
+    te.add_argument("--base", type=int, default=32)
+    te.add_argument("--seed", type=int, default=0)
+    te.add_argument("--out", default=None, help="default: the shipped encoder next to the shipped generator")
+    te.set_defaults(func=_cmd_train_encoder)
+
+    fi = sub.add_parser("fit", help="fit an interpreter on labeled real images (through inversion)")
+    fi.add_argument("--data", required=True, help="labeled folder (images/, labels/, labels.json)")
+    fi.add_argument("--n", type=int, default=16)
+    fi.add_argument("--generator", default=None)
+    fi.add_argument("--encoder", default=None)
+    fi.add_argument("--steps", type=int, default=30, help="inversion optimisation steps")
+    fi.add_argument("--members", type=int, default=10)
+    fi.add_argument("--seed", type=int, default=0)
+    fi.add_argument("--out", required=True)
+    fi.set_defaults(func=_cmd_fit)
+
+    sy = sub.add_parser("synthesize", help="write a labeled synthetic dataset (images, labels, manifest)")
+    sy.add_argument("--n", type=int, required=True)
+    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--psi", type=float, default=1.0)
+    sy.add_argument("--filter", type=float, default=0.1, help="drop this fraction, most uncertain first")
+    sy.add_argument("--chunk", type=int, default=500)
+    sy.add_argument("--generator", default=None)
+    sy.add_argument("--interpreter", default=None, help="default: the shipped interpreter")
+    sy.add_argument("--out", required=True)
+    sy.set_defaults(func=_cmd_synthesize)
+
     b = sub.add_parser("bench", help="benchmarks (JSON)")
-    b.add_argument("what", choices=["generator"])
+    b.add_argument("what", choices=["generator", "interpreter", "inversion", "synthesis", "quality"])
     b.add_argument("--json", action="store_true", help="print one compact JSON object")
     b.add_argument("--out", default=None, help="also write the JSON here")
     b.add_argument("--generator", default=None)
     b.add_argument("--repeats", type=int, default=5)
+    b.add_argument("--quick", action="store_true", help="quality: a smoke run of minutes instead of about an hour")
+    b.add_argument("--out-dir", default=None, help="quality: write quality.json and quality.md here")
     b.set_defaults(func=_cmd_bench)
     return p
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from typing import Any, Callable
 
@@ -71,8 +72,123 @@ def bench_generator(generator: str | None = None, repeats: int = 5) -> dict[str,
     return results
 
 
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def interpreter_fit_once(size: int, n_images: int = 16, generator: str | None = None, members: int = 10) -> dict:
+    """Fit the interpreter once on n domain images at ``size`` px; run in a fresh process for clean RSS."""
+    from .domain import CLASSES, render_batch
+    from .generator.default import load_default_or
+    from .generator.stylegan2 import Generator, GeneratorConfig, default_channels
+    from .interpreter import InterpreterConfig
+    from .labeling import fit_from_latents
+
+    torch.manual_seed(0)
+    if size == 64 or generator:
+        G = load_default_or(generator)
+        size = G.cfg.resolution
+    else:   # the same slim architecture at a larger size (random weights: the timing is what counts)
+        G = Generator(GeneratorConfig(resolution=size, channels=default_channels(size))).eval().requires_grad_(False)
+    _, labels = render_batch(n_images, seed=1, size=size)
+    ws = G.map(torch.randn(n_images, G.cfg.z_dim))
+    rss0 = _rss_mb()
+    t = time.perf_counter()
+    interp = fit_from_latents(G, ws, labels, list(CLASSES), InterpreterConfig(in_dim=0, n_classes=len(CLASSES),
+                                                                              members=members))
+    return {"size": size, "n_images": n_images, "fit_seconds": round(time.perf_counter() - t, 2),
+            "train_seconds": round(interp.report.seconds, 2), "pixels_sampled": interp.report.pixels,
+            "pixels_per_s": round(interp.report.pixels_per_s), "feature_dim": interp.cfg.in_dim,
+            "rss_before_fit_mb": round(rss0), "peak_rss_mb": round(_peak_rss_mb())}
+
+
+def bench_interpreter(generator: str | None = None, sizes: tuple[int, ...] = (64, 128, 256), n_images: int = 16) -> dict:
+    """Fit time and peak RSS for 16 images at each size, each in its own process (clean peak RSS)."""
+    import json
+    import subprocess
+    import sys
+
+    runs = []
+    for size in sizes:
+        code = ("import json, torch; from model.bench import interpreter_fit_once; "
+                f"print(json.dumps(interpreter_fit_once({size}, {n_images}, {generator!r})))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first = runs[0]
+    return {"n_images": first["n_images"], "size": first["size"], "fit_seconds": first["fit_seconds"],
+            "peak_rss_mb": first["peak_rss_mb"], "by_size": runs, "machine": machine()}
+
+
+def bench_inversion(generator: str | None = None, n_images: int = 16, steps: int = 30) -> dict:
+    """Encoder start + ``steps`` W+ optimisation steps on n held-out domain images (one batch)."""
+    from .domain import render_batch
+    from .generator.default import load_default_or, load_encoder_for
+    from .inversion import images_to_tensor, invert
+
+    G = load_default_or(generator)
+    enc = load_encoder_for(G)
+    images, _ = render_batch(n_images, seed=1, size=G.cfg.resolution)
+    x = images_to_tensor(images)
+    invert(G, x[:2], encoder=enc, steps=2)   # warm-up
+    res = invert(G, x, encoder=enc, steps=steps)
+    return {"n_images": n_images, "steps": steps, "encoder": enc is not None,
+            "seconds_per_image": round(res.seconds / n_images, 3), "psnr_db": round(float(res.psnr_db.mean()), 2),
+            "psnr_db_encoder_only": round(float(res.psnr_encoder_db.mean()), 2), "machine": machine()}
+
+
+def bench_synthesis(generator: str | None = None, interpreter: str | None = None, n: int = 64) -> dict:
+    """Labeled images/s (generator + interpreter + uncertainty) next to bare generator images/s, same run."""
+    from .features import FeatureExtractor
+    from .generator.default import load_default_or, load_interpreter_for
+    from .synthesis import generate_chunk, latents_for_seeds
+
+    G = load_default_or(generator)
+    interp = load_interpreter_for(G, interpreter)
+    fx = FeatureExtractor(G)
+    seeds = list(range(n))
+    generate_chunk(G, interp, seeds[:16], fx=fx)   # warm-up
+
+    def bare() -> None:
+        with torch.no_grad():
+            for i in range(0, n, 16):
+                G.synthesis(latents_for_seeds(G, seeds[i:i + 16]), noise_mode="const")
+
+    t_bare = _best_time(bare, 2, warmup=1)
+    t_lab = _best_time(lambda: generate_chunk(G, interp, seeds, fx=fx), 2, warmup=0)
+    return {"n": n, "generator_images_per_s": round(n / t_bare, 2), "labeled_images_per_s": round(n / t_lab, 2),
+            "ratio": round(t_bare / t_lab, 3), "members": interp.cfg.members, "machine": machine()}
+
+
+def bench_quality(generator: str | None = None, quick: bool = False, out_dir: str | None = None) -> dict:
+    """The DatasetGAN comparison table (see model/quality_table.py); ``quick`` is a minutes-long smoke run."""
+    from .generator.default import load_default_or, load_encoder_for
+    from .quality_table import QualitySettings, run_quality, write
+
+    G = load_default_or(generator)
+    settings = QualitySettings.quick() if quick else QualitySettings()
+    report = run_quality(G, load_encoder_for(G), settings, log=lambda m: print(m, file=sys.stderr))
+    report["machine"] = machine()
+    if out_dir:
+        write(report, out_dir)
+    return report
+
+
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "generator": lambda a: bench_generator(a.generator, a.repeats),
+    "interpreter": lambda a: bench_interpreter(a.generator),
+    "inversion": lambda a: bench_inversion(a.generator),
+    "synthesis": lambda a: bench_synthesis(a.generator),
+    "quality": lambda a: bench_quality(a.generator, a.quick, a.out_dir),
 }
 
 

@@ -1,14 +1,20 @@
-"""The shipped default generator (trained on the embedded domain; see model/generator/default/)."""
+"""The shipped default assets (trained on the embedded domain): generator, encoder, interpreter.
+
+They live in ``model/generator/shipped/``; every loader takes an explicit path that wins over the
+shipped file, so a user's own checkpoint plugs in everywhere.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoints import load_generator
+from .checkpoints import generator_id, load_generator
 from .stylegan2 import Generator
 
 DEFAULT_DIR = Path(__file__).with_name("shipped")
 DEFAULT_CHECKPOINT = DEFAULT_DIR / "generator.pt"
+DEFAULT_ENCODER = DEFAULT_DIR / "encoder.pt"
+DEFAULT_INTERPRETER = DEFAULT_DIR / "interpreter.pt"
 
 
 def load_default_or(path: str | Path | None = None) -> Generator:
@@ -19,3 +25,28 @@ def load_default_or(path: str | Path | None = None) -> Generator:
         raise FileNotFoundError(f"the shipped default generator is missing at {DEFAULT_CHECKPOINT}; "
                                 "reinstall the package or pass --generator PATH")
     return load_generator(DEFAULT_CHECKPOINT)
+
+
+def load_encoder_for(G: Generator, path: str | Path | None = None):
+    """The encoder at ``path``, else the shipped one if it belongs to G, else None (invert from w_avg)."""
+    from ..inversion import LatentEncoder
+
+    if path:
+        return LatentEncoder.load(path, gen_id=generator_id(G))
+    if DEFAULT_ENCODER.is_file():
+        enc = LatentEncoder.load(DEFAULT_ENCODER)
+        if enc.generator_id == generator_id(G):
+            return enc
+    return None
+
+
+def load_interpreter_for(G: Generator, path: str | Path | None = None):
+    """The interpreter at ``path`` (refused if fitted for another generator), else the shipped one."""
+    from ..interpreter import Interpreter
+
+    if path:
+        return Interpreter.load(path, generator_id=generator_id(G))
+    if not DEFAULT_INTERPRETER.is_file():
+        raise FileNotFoundError(f"no interpreter given and none shipped at {DEFAULT_INTERPRETER}; "
+                                "fit one with `dgan fit --data LABELED_DIR --out interp.pt`")
+    return Interpreter.load(DEFAULT_INTERPRETER, generator_id=generator_id(G))
