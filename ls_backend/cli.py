@@ -170,6 +170,26 @@ def _cmd_synthesize(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from .config import Settings
+    from .serve import check_redis, run_gunicorn
+
+    settings = Settings.from_env()
+    check_redis(settings)
+    run_gunicorn(settings, a.host, a.port, a.workers, a.threads)
+    return 0
+
+
+def _cmd_worker(a: argparse.Namespace) -> int:
+    from .config import Settings
+    from .serve import check_redis, run_worker
+
+    settings = Settings.from_env()
+    check_redis(settings)
+    run_worker(settings, burst=a.burst)
+    return 0
+
+
 def _cmd_bench(a: argparse.Namespace) -> int:
     from model import bench
 
@@ -287,6 +307,23 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--out", required=True)
     sy.set_defaults(func=_cmd_synthesize)
 
+    from .config import env_help
+
+    sv = sub.add_parser("serve", help="the Label Studio ML backend (gunicorn)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="environment variables:\n" + env_help())
+    sv.add_argument("--host", default="0.0.0.0")
+    sv.add_argument("--port", type=int, default=9090)
+    sv.add_argument("--workers", type=int, default=1, help="gunicorn processes (each holds the models once)")
+    sv.add_argument("--threads", type=int, default=4)
+    sv.set_defaults(func=_cmd_serve)
+
+    wk = sub.add_parser("worker", help="an RQ worker for fits and bulk predictions (same env as serve)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="environment variables:\n" + env_help())
+    wk.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    wk.set_defaults(func=_cmd_worker)
+
     b = sub.add_parser("bench", help="benchmarks (JSON)")
     b.add_argument("what", choices=["generator", "interpreter", "inversion", "synthesis", "quality"])
     b.add_argument("--json", action="store_true", help="print one compact JSON object")
@@ -303,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ConnectionError) as e:
         print(f"dgan {args.command}: error: {e}", file=sys.stderr)
         return 2
 

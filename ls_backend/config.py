@@ -1,0 +1,99 @@
+"""Service configuration from environment variables, validated once at start with clear errors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names the variable and what to set."""
+
+
+ENV_DOC = {
+    "LABEL_STUDIO_URL": "Base URL of Label Studio as the backend reaches it, e.g. http://localhost:8080 (required)",
+    "LABEL_STUDIO_API_KEY": "API key (legacy token or personal access token) of a user of that Label Studio (required)",
+    "REDIS_URL": "Redis for events, locks and jobs (default redis://127.0.0.1:6379/0)",
+    "MODEL_DIR": "Where per-project state lives: latents, interpreter versions (default ./dgan-models)",
+    "DGAN_GENERATOR": "Generator checkpoint (ours, NVlabs .pkl, rosinality .pt); default: the shipped one",
+    "DGAN_ENCODER": "Inversion encoder for that generator; default: the shipped one when it matches",
+    "DGAN_INVERSION_STEPS": "W+ optimisation steps per image in /predict and fits (default 30)",
+    "DGAN_PREDICT_BUDGET_S": "Seconds /predict may spend before handing the rest to a job (default 60; LS waits 100)",
+    "DGAN_ALLOWED_ROOTS": "Extra local folders (os.pathsep-separated) images may be read from; default none",
+    "DGAN_MAX_IMAGE_PIXELS": "Refuse images with more pixels than this (default 40,000,000)",
+    "BASIC_AUTH_USER": "Optional basic auth for the backend's endpoints (set both USER and PASS)",
+    "BASIC_AUTH_PASS": "Optional basic auth password",
+    "DGAN_QUEUE": "RQ queue name (default dgan)",
+}
+
+
+@dataclass
+class Settings:
+    label_studio_url: str
+    label_studio_api_key: str
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    model_dir: Path = Path("dgan-models")
+    generator: str | None = None
+    encoder: str | None = None
+    inversion_steps: int = 30
+    predict_budget_s: float = 60.0
+    allowed_roots: list[Path] = field(default_factory=list)
+    max_image_pixels: int = 40_000_000
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    queue: str = "dgan"
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        url = env.get("LABEL_STUDIO_URL", "").strip().rstrip("/")
+        key = env.get("LABEL_STUDIO_API_KEY", "").strip()
+        problems = []
+        if not url:
+            problems.append(f"LABEL_STUDIO_URL is not set: {ENV_DOC['LABEL_STUDIO_URL']}")
+        elif urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc:
+            problems.append(f"LABEL_STUDIO_URL={url!r} is not an http(s) URL like http://localhost:8080")
+        if not key:
+            problems.append("LABEL_STUDIO_API_KEY is not set: copy it from Label Studio → Account & Settings → "
+                            "Personal Access Token (or the legacy token)")
+
+        def number(name: str, default: float, kind=float, minimum: float = 0):
+            raw = env.get(name)
+            if raw in (None, ""):
+                return kind(default)
+            try:
+                value = kind(raw)
+            except ValueError:
+                problems.append(f"{name}={raw!r} is not a number")
+                return kind(default)
+            if value < minimum:
+                problems.append(f"{name}={raw!r} must be at least {minimum}")
+            return value
+
+        user, pw = env.get("BASIC_AUTH_USER") or None, env.get("BASIC_AUTH_PASS") or None
+        if bool(user) != bool(pw):
+            problems.append("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        for name in ("DGAN_GENERATOR", "DGAN_ENCODER"):
+            if env.get(name) and not Path(env[name]).is_file():
+                problems.append(f"{name}={env[name]!r} does not exist")
+        roots = [Path(p).resolve() for p in env.get("DGAN_ALLOWED_ROOTS", "").split(os.pathsep) if p.strip()]
+        settings = cls(
+            label_studio_url=url, label_studio_api_key=key,
+            redis_url=env.get("REDIS_URL") or cls.redis_url,
+            model_dir=Path(env.get("MODEL_DIR") or cls.model_dir),
+            generator=env.get("DGAN_GENERATOR") or None, encoder=env.get("DGAN_ENCODER") or None,
+            inversion_steps=int(number("DGAN_INVERSION_STEPS", 30, int)),
+            predict_budget_s=number("DGAN_PREDICT_BUDGET_S", 60.0, float, 1),
+            allowed_roots=roots,
+            max_image_pixels=int(number("DGAN_MAX_IMAGE_PIXELS", 40_000_000, int, 1)),
+            basic_auth_user=user, basic_auth_pass=pw, queue=env.get("DGAN_QUEUE") or "dgan")
+        if problems:
+            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems) +
+                              "\nSee `dgan serve --help` for every variable.")
+        return settings
+
+
+def env_help() -> str:
+    return "\n".join(f"  {k:24s} {v}" for k, v in ENV_DOC.items())

@@ -1,0 +1,111 @@
+"""Redis/RQ jobs: fit a project's interpreter, finish large prediction requests through the REST API.
+
+Fit bookkeeping (no event is lost, N events during a fit cause one more fit, not N):
+- every training-relevant webhook increments ``event_seq`` and enqueues ``fit_project``;
+- ``fit_project`` takes the project's lock (or returns at once when another fit holds it), reads
+  ``event_seq``, fits, then records that value as ``fitted_seq``; it loops while ``fitted_seq`` is
+  behind. A worker killed mid-fit leaves ``fitted_seq`` behind, so the retried job fits again, and
+  the lock's timeout frees the project.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from redis import Redis
+
+from .config import Settings
+from .store import RedisKeys
+
+log = logging.getLogger(__name__)
+LOCK_TIMEOUT_S = 30 * 60
+
+_backend = None
+
+
+def get_backend():
+    """The worker process's Backend (created on first use, kept for later jobs)."""
+    global _backend
+    if _backend is None:
+        from .backend import Backend
+
+        _backend = Backend(Settings.from_env())
+    return _backend
+
+
+def redis_from_settings(settings: Settings) -> Redis:
+    return Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=10)
+
+
+def queue(settings: Settings, conn: Redis | None = None):
+    from rq import Queue
+
+    return Queue(settings.queue, connection=conn or redis_from_settings(settings), default_timeout=LOCK_TIMEOUT_S)
+
+
+def enqueue_fit(settings: Settings, conn: Redis, project: int) -> str:
+    from rq import Retry
+
+    job = queue(settings, conn).enqueue(fit_project, project, retry=Retry(max=3, interval=[5, 30, 120]),
+                                        job_timeout=LOCK_TIMEOUT_S, description=f"fit project {project}")
+    return job.id
+
+
+def fit_project(project: int) -> dict:
+    """RQ job: fit until the project's fitted_seq has caught up with its event_seq."""
+    backend = get_backend()
+    conn = redis_from_settings(backend.settings)
+    lock = conn.lock(RedisKeys.fit_lock(project), timeout=LOCK_TIMEOUT_S, blocking=False)
+    fits = []
+    while True:
+        if not lock.acquire(blocking=False):
+            return {"project": project, "skipped": "another fit holds the lock; it will cover these events",
+                    "fits": fits}
+        try:
+            while True:
+                seq = int(conn.get(RedisKeys.event_seq(project)) or 0)
+                if seq <= int(conn.get(RedisKeys.fitted_seq(project)) or 0):
+                    break
+                t0 = time.time()
+                try:
+                    meta = backend.fit(project)
+                except ValueError as e:   # nothing usable to fit yet: record it, do not retry
+                    conn.set(RedisKeys.last_fit(project), json.dumps({"error": str(e), "at": time.time()}))
+                    conn.set(RedisKeys.fitted_seq(project), seq)
+                    fits.append({"error": str(e)})
+                    break
+                conn.set(RedisKeys.fitted_seq(project), seq)
+                conn.set(RedisKeys.last_fit(project), json.dumps({**meta, "at": time.time()}))
+                fits.append({"model_version": meta["model_version"], "seconds": round(time.time() - t0, 2)})
+                lock.extend(LOCK_TIMEOUT_S, replace_ttl=True)
+        finally:
+            try:
+                lock.release()
+            except Exception:  # noqa: BLE001 - lock expired; nothing to release
+                pass
+        # An event may have arrived between our last check and the release: look once more.
+        if int(conn.get(RedisKeys.event_seq(project)) or 0) <= int(conn.get(RedisKeys.fitted_seq(project)) or 0):
+            return {"project": project, "fits": fits}
+
+
+def predict_and_import(project: int, task_ids: list[int], label_config: str) -> dict:
+    """RQ job: predictions for tasks /predict had no time for, imported through the REST API in bulk."""
+    backend = get_backend()
+    tasks = backend.client.tasks_by_id(project, task_ids)
+    entries, leftover = backend.predict(project, tasks, label_config, budget_s=float("inf"))
+    preds = [{"task": t["id"], "result": e["result"], "score": e["score"], "model_version": e["model_version"]}
+             for t, e in zip(tasks, entries) if e["result"]]
+    for i in range(0, len(preds), 500):
+        backend.client.import_predictions(project, preds[i:i + 500])
+    return {"project": project, "imported": len(preds), "tasks": len(task_ids)}
+
+
+def enqueue_predictions(settings: Settings, conn: Redis, project: int, task_ids: list[int], label_config: str) -> str:
+    from rq import Retry
+
+    job = queue(settings, conn).enqueue(predict_and_import, project, task_ids, label_config,
+                                        retry=Retry(max=3, interval=[5, 30, 120]), job_timeout=LOCK_TIMEOUT_S,
+                                        description=f"predict {len(task_ids)} tasks of project {project}")
+    return job.id
