@@ -1,0 +1,169 @@
+"""The Flask app with a real Redis (a dedicated database, flushed per test) and a tiny generator."""
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+import redis
+import torch
+from label_studio_sdk.converter.brush import decode_rle
+from PIL import Image
+
+from ls_backend.app import create_app
+from ls_backend.backend import Backend
+from ls_backend.brush import parse_label_config
+from ls_backend.config import Settings
+from ls_backend.serve import replay_journal
+from ls_backend.store import RedisKeys
+from model.generator.checkpoints import save_generator
+from model.images import to_uint8
+from model.interpreter import InterpreterConfig
+from model.labeling import fit_from_latents, label_latents
+
+from .conftest import tiny_generator
+
+REDIS_URL = "redis://127.0.0.1:6379/15"
+CONFIG = """<View><Image name="image" value="$image"/>
+<BrushLabels name="tag" toName="image"><Label value="dark"/><Label value="bright"/></BrushLabels></View>"""
+
+
+def _redis_or_skip():
+    try:
+        conn = redis.Redis.from_url(REDIS_URL)
+        conn.ping()
+        return conn
+    except redis.RedisError:
+        pytest.skip("no Redis on 127.0.0.1:6379 (CI starts one)")
+
+
+@pytest.fixture
+def env(tmp_path):
+    conn = _redis_or_skip()
+    conn.flushdb()
+    gen = save_generator(tiny_generator(), tmp_path / "g.pt")
+    settings = Settings.from_env({"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "x" * 40,
+                                  "REDIS_URL": REDIS_URL, "MODEL_DIR": str(tmp_path / "models"),
+                                  "DGAN_GENERATOR": str(gen), "DGAN_INVERSION_STEPS": "5",
+                                  "DGAN_QUEUE": "dgan-test"})
+    backend = Backend(settings)
+    app = create_app(settings, backend)
+    yield settings, backend, app.test_client(), conn
+    conn.flushdb()
+
+
+def _data_uri(img: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _fit_version(backend: Backend, project: int, ws: torch.Tensor) -> np.ndarray:
+    """Fit a version directly (as the worker would) on brightness masks of the generator's own images."""
+    G = backend.generator
+    gray = G.synthesis(ws).mean(1)
+    masks = ((gray > -0.2).long() + (gray > 0.3).long()).numpy().astype(np.uint8)
+    lm = parse_label_config(CONFIG)
+    interp = fit_from_latents(G, ws, masks, lm.class_names,
+                              InterpreterConfig(in_dim=0, n_classes=3, members=3, epochs=10))
+    version, path = backend.store.next_version_paths(project)
+    interp.save(path)
+    backend.store.commit_version(project, version, {"model_version": f"dgan-v{version}"})
+    return masks
+
+
+def test_health_setup_versions(env):
+    _, _, client, _ = env
+    assert client.get("/health").get_json() == {"status": "UP", "model_class": "DatasetGAN", "redis": True}
+    r = client.post("/setup", json={"project": "7.1700000000", "schema": CONFIG, "hostname": "http://x",
+                                    "access_token": "t", "extra_params": None})
+    assert r.status_code == 200 and r.get_json() == {"model_version": "dgan-untrained"}
+    bad = client.post("/setup", json={"project": "7.1", "schema": '<View><Text name="t" value="$t"/></View>'})
+    assert bad.status_code == 400 and "no <BrushLabels>" in bad.get_json()["error"]
+    assert client.get("/versions").get_json() == {"versions": ["dgan-untrained"]}
+
+
+def test_webhook_records_event_and_queues_one_fit_per_event(env):
+    _, _, client, conn = env
+    payload = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "result": [], "task": 3},
+               "task": {"id": 3}, "project": {"id": 7}}
+    for _ in range(3):
+        assert client.post("/webhook", json=payload).status_code == 201
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}}).status_code == 201
+    assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7}}).status_code == 201
+    assert conn.llen(RedisKeys.events) == 5
+    assert int(conn.get(RedisKeys.event_seq(7))) == 4
+    assert conn.llen("rq:queue:dgan-test") == 4
+    assert client.post("/webhook", data="nonsense").status_code == 400
+
+
+def test_webhook_with_redis_down_keeps_the_event(env, tmp_path):
+    settings, backend, _, conn = env
+    down = Settings(**{**settings.__dict__, "redis_url": "redis://127.0.0.1:1/0"})
+    client = create_app(down, backend).test_client()
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 9}})
+    assert r.status_code == 503 and "was saved to" in r.get_json()["error"]
+    assert client.get("/health").get_json()["redis"] is False
+    assert replay_journal(settings) == 1                       # replayed once Redis is back
+    assert int(conn.get(RedisKeys.event_seq(9))) == 1 and conn.llen("rq:queue:dgan-test") == 1
+
+
+def _decode(entry, lm, size=32) -> np.ndarray:
+    decoded = np.zeros((size, size), np.uint8)
+    for res in entry["result"]:
+        assert res["from_name"] == "tag" and res["to_name"] == "image" and res["original_width"] == size
+        alpha = np.asarray(decode_rle(res["value"]["rle"]), np.uint8).reshape(size, size, 4)[:, :, 3]
+        decoded[alpha > 127] = lm.class_id(res["value"]["brushlabels"][0])
+    return decoded
+
+
+def test_predict_untrained_then_trained(env):
+    from model.generator.checkpoints import generator_id
+    from model.synthesis import latents_for_seeds
+
+    _, backend, client, _ = env
+    G, lm = backend.generator, parse_label_config(CONFIG)
+    seeds = list(range(10, 16))
+    ws = latents_for_seeds(G, seeds)
+    images = to_uint8(G.synthesis(ws))
+    gid = generator_id(G)
+    # Tasks synthesized by us carry their seed (exact latent); the last one is a "real" image (inversion).
+    tasks = [{"id": 100 + i, "data": {"image": _data_uri(img), "dgan_seed": s, "dgan_generator_id": gid}}
+             for i, (img, s) in enumerate(zip(images, seeds))]
+    tasks[-1]["data"] = {"image": tasks[-1]["data"]["image"]}
+    body = {"tasks": tasks, "project": "7.1", "label_config": CONFIG, "params": {"context": None}}
+    r = client.post("/predict", json=body).get_json()
+    assert [e["model_version"] for e in r["results"]] == ["dgan-untrained"] * 6 and not r["results"][0]["result"]
+
+    masks = _fit_version(backend, 7, ws)
+    r = client.post("/predict", json=body).get_json()
+    assert len(r["results"]) == 6 and {e["model_version"] for e in r["results"]} == {"dgan-v1"}
+    _, interp = backend.interpreter(7)
+    exact = label_latents(G, interp, ws)[1].labels
+    decoded = [_decode(e, lm) for e in r["results"]]
+    for i in range(5):
+        assert np.array_equal(decoded[i], exact[i])               # seed tasks: the exact latent's labels
+        assert 0 <= r["results"][i]["score"] <= 1
+    assert np.mean([(d == m).mean() for d, m in zip(decoded[:5], masks)]) > 0.8
+    # The real image was inverted once and its latent cached by image hash.
+    latents = list((backend.store.root / "latents").glob("*.pt"))
+    assert len(latents) == 1
+    cached = torch.load(latents[0], weights_only=True)["ws"]
+    assert np.array_equal(decoded[5], label_latents(G, interp, cached[None])[1].labels[0])
+    assert client.get("/versions").get_json() == {"versions": ["dgan-v1"]}
+
+
+def test_predict_bad_image_and_basic_auth(env):
+    settings, backend, _, _ = env
+    secured = Settings(**{**settings.__dict__, "basic_auth_user": "ml", "basic_auth_pass": "s3cret"})
+    client = create_app(secured, backend).test_client()
+    body = {"tasks": [{"id": 1, "data": {"image": "http://evil.example/x.png"}}, {"id": 2, "data": {}}],
+            "project": "7.1", "label_config": CONFIG}
+    assert client.post("/predict", json=body).status_code == 401
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"ml:nope").decode()}
+    assert client.post("/predict", json=body, headers=wrong).status_code == 401
+    good = {"Authorization": "Basic " + base64.b64encode(b"ml:s3cret").decode()}
+    r = client.post("/predict", json=body, headers=good)
+    assert r.status_code == 200 and [e["result"] for e in r.get_json()["results"]] == [[], []]
+    assert client.get("/health").status_code == 200            # health stays open for monitoring
