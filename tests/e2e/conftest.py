@@ -1,0 +1,87 @@
+"""End-to-end fixtures: a real Label Studio (started once per session), real Redis, and the backend's
+own processes (`dgan serve`, `dgan worker`) started as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import requests
+
+from ls_backend.labelstudio import LabelStudioProcess, find_label_studio, free_port, start_label_studio
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory) -> LabelStudioProcess:
+    url, token = os.environ.get("DGAN_E2E_LS_URL"), os.environ.get("DGAN_E2E_LS_TOKEN")
+    if url and token:   # reuse a running instance (development)
+        root = Path(os.environ.get("DGAN_E2E_LS_ROOT", tmp_path_factory.mktemp("lsroot")))
+        yield LabelStudioProcess(url, "", "", token, root, root, None, root / "none.log")
+        return
+    if find_label_studio() is None:
+        pytest.skip("label-studio is not installed (.venv-ls/bin/label-studio or LABEL_STUDIO_BIN)")
+    ls = start_label_studio(tmp_path_factory.mktemp("label-studio"))
+    yield ls
+    ls.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_conn():
+    try:
+        conn = redis.Redis.from_url(REDIS_URL)
+        conn.ping()
+    except redis.RedisError:
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+
+
+class Backend:
+    def __init__(self, url: str, env: dict, procs: list[subprocess.Popen], logs: Path) -> None:
+        self.url, self.env, self.procs, self.logs = url, env, procs, logs
+
+    def start_worker(self) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-m", "ls_backend.cli", "worker"], env=self.env,
+                             stdout=open(self.logs / "worker.log", "ab"), stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+
+@pytest.fixture(scope="session")
+def backend(label_studio, redis_conn, tmp_path_factory) -> Backend:
+    logs = tmp_path_factory.mktemp("backend")
+    port = free_port()
+    env = {**os.environ, "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
+           "REDIS_URL": REDIS_URL, "MODEL_DIR": str(logs / "models"), "DGAN_QUEUE": "dgan-e2e",
+           "DGAN_PREDICT_BUDGET_S": "20", "DGAN_INVERSION_STEPS": os.environ.get("DGAN_E2E_INVERSION_STEPS", "20"),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    serve = subprocess.Popen([sys.executable, "-m", "ls_backend.cli", "serve", "--host", "127.0.0.1",
+                              "--port", str(port)], env=env, stdout=open(logs / "serve.log", "ab"),
+                             stderr=subprocess.STDOUT)
+    b = Backend(f"http://127.0.0.1:{port}", env, [serve], logs)
+    b.start_worker()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if requests.get(b.url + "/health", timeout=1).ok:
+                break
+        except requests.RequestException:
+            time.sleep(0.5)
+    else:
+        raise RuntimeError(f"dgan serve did not start; see {logs / 'serve.log'}")
+    yield b
+    for p in b.procs:
+        p.terminate()
+    for p in b.procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
