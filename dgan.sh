@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One entry point that installs what it needs, then runs:
 #   ./dgan.sh demo [args]   the main job on the embedded default domain
-#   ./dgan.sh test [args]   the test suite (fast tests; add -m slow for the slow ones)
+#   ./dgan.sh test [args]   the whole test suite: fast tests + end-to-end tests against a real
+#                           Label Studio 1.23.2 (installed into .venv-ls) and Redis;
+#                           `./dgan.sh test -m "not slow"` runs only the fast ones
 #   ./dgan.sh <any dgan subcommand> [args]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,7 +23,21 @@ if [ ! -f "$STAMP" ]; then
 fi
 cmd=${1:-demo}
 shift || true
+install_label_studio() {
+  # Label Studio is an application the backend talks to, not a library: it gets its own venv.
+  if [ ! -x .venv-ls/bin/label-studio ]; then
+    echo "installing label-studio==1.23.2 into .venv-ls (about 2.5 min) ..." >&2
+    "$PY" -m venv .venv-ls
+    .venv-ls/bin/pip install -q "label-studio==1.23.2" 2>&1 | grep -v "is ignored" >&2 || true
+    [ -x .venv-ls/bin/label-studio ] || { echo "label-studio installation failed" >&2; exit 1; }
+  fi
+}
 case "$cmd" in
-  test) exec "$VENV/bin/python" -m pytest "$@" ;;
+  test)
+    if [ "$#" -eq 0 ]; then
+      install_label_studio
+      exec "$VENV/bin/python" -m pytest -m "slow or not slow" -q
+    fi
+    exec "$VENV/bin/python" -m pytest "$@" ;;
   *) exec "$VENV/bin/dgan" "$cmd" "$@" ;;
 esac
