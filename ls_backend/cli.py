@@ -190,6 +190,23 @@ def _cmd_worker(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(a: argparse.Namespace) -> int:
+    from . import export
+
+    if bool(a.project) == bool(a.from_synthesis):
+        raise ValueError("give exactly one source: --project ID (Label Studio) or --from-synthesis DIR")
+    if a.from_synthesis:
+        classes, records = export.synthesis_records(a.from_synthesis)
+    else:
+        from .backend import Backend
+        from .config import Settings
+
+        backend = Backend(Settings.from_env())
+        classes, records = export.project_records(backend, a.project, include_predictions=a.include_predictions)
+    print(json.dumps(export.write(records, classes, a.out, a.format)))
+    return 0
+
+
 def _cmd_bench(a: argparse.Namespace) -> int:
     from model import bench
 
@@ -323,6 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="environment variables:\n" + env_help())
     wk.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     wk.set_defaults(func=_cmd_worker)
+
+    ex = sub.add_parser("export", help="lossless COCO (RLE) or Pascal VOC export",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="--project reads LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY like `dgan serve`")
+    ex.add_argument("--project", type=int, default=None, help="Label Studio project id")
+    ex.add_argument("--from-synthesis", default=None, help="a `dgan synthesize` folder instead of a project")
+    ex.add_argument("--format", required=True, choices=["coco", "voc"])
+    ex.add_argument("--include-predictions", action="store_true",
+                    help="also export tasks that only have predictions (default: reviewed annotations only)")
+    ex.add_argument("--out", required=True)
+    ex.set_defaults(func=_cmd_export)
 
     b = sub.add_parser("bench", help="benchmarks (JSON)")
     b.add_argument("what", choices=["generator", "interpreter", "inversion", "synthesis", "quality"])

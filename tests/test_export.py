@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from ls_backend.cli import main
+from ls_backend.export import Record, voc_palette, write
+from model.domain.dataset import write_domain_dataset
+
+CLASSES = ["ring", "speck", "block"]
+
+
+def _records():
+    yy, xx = np.mgrid[:24, :24]
+    d2 = (yy - 12) ** 2 + (xx - 12) ** 2
+    mask = np.zeros((24, 24), np.uint8)
+    mask[(d2 <= 81) & (d2 > 16)] = 1     # a ring: its hole must survive
+    mask[1, 22] = 2                      # a 1-pixel speck must survive
+    mask[20:23, 2:6] = 3
+    img = np.random.default_rng(0).integers(0, 255, (24, 24, 3), dtype=np.uint8)
+    other = np.zeros((24, 24), np.uint8)
+    other[5:9, 5:9] = 3
+    return [Record("a", img, mask, {}), Record("b", img, other, {})], mask
+
+
+def test_coco_rle_is_lossless(tmp_path):
+    records, mask = _records()
+    summary = write(records, CLASSES, tmp_path / "coco", "coco")
+    assert summary == {"format": "coco", "out": str(tmp_path / "coco"), "images": 2, "annotations": 4}
+    coco = COCO(str(tmp_path / "coco" / "annotations.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == CLASSES
+    rebuilt = np.zeros_like(mask)
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[1])):
+        m = coco.annToMask(ann)
+        assert ann["area"] == int(m.sum())
+        rebuilt[m > 0] = ann["category_id"]
+    assert np.array_equal(rebuilt, mask)
+    ring = coco.loadAnns(coco.getAnnIds(imgIds=[1], catIds=[1]))[0]
+    assert coco.annToMask(ring)[12, 12] == 0                  # the hole
+    assert ring["bbox"] == [3.0, 3.0, 19.0, 19.0]
+    speck = coco.loadAnns(coco.getAnnIds(imgIds=[1], catIds=[2]))[0]
+    assert speck["area"] == 1 and coco.annToMask(speck)[1, 22] == 1
+    assert (tmp_path / "coco" / "images" / "a.png").exists()
+    with pytest.raises(ValueError, match="not empty"):
+        write(records, CLASSES, tmp_path / "coco", "coco")
+
+
+def test_voc_tree(tmp_path):
+    records, mask = _records()
+    write(records, CLASSES, tmp_path / "voc", "voc")
+    seg = Image.open(tmp_path / "voc" / "SegmentationClass" / "a.png")
+    assert seg.mode == "P" and np.array_equal(np.asarray(seg), mask)
+    assert seg.getpalette()[3:6] == list(voc_palette()[1]) == [128, 0, 0]
+    assert (tmp_path / "voc" / "JPEGImages" / "a.jpg").exists()
+    split = [(tmp_path / "voc/ImageSets/Segmentation" / f).read_text().split() for f in ("train.txt", "val.txt")]
+    assert sorted(split[0] + split[1]) == ["a", "b"]
+    assert "ring:128,0,0::" in (tmp_path / "voc" / "labelmap.txt").read_text()
+
+
+def test_export_from_a_dataset_folder_cli(tmp_path, capsys):
+    write_domain_dataset(tmp_path / "syn", 5, seed=0, size=32)
+    assert main(["export", "--from-synthesis", str(tmp_path / "syn"), "--format", "coco",
+                 "--out", str(tmp_path / "c")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == 5
+    coco = COCO(str(tmp_path / "c" / "annotations.json"))
+    assert len(coco.getCatIds()) == 9 and coco.loadCats(1)[0]["name"] == "face"
+    assert main(["export", "--from-synthesis", str(tmp_path / "syn"), "--format", "voc",
+                 "--out", str(tmp_path / "v")]) == 0
+    assert main(["export", "--format", "voc", "--out", str(tmp_path / "x")]) == 2
