@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import numpy as np
 from pathlib import Path
@@ -207,6 +208,48 @@ def _cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_push(a: argparse.Namespace) -> int:
+    import os
+
+    from tqdm import tqdm
+
+    from .backend import Backend
+    from .config import Settings
+    from .jobs import queue, redis_from_settings
+    from .push import Pusher, ensure_local_storage, push_chunk_job
+    from .serve import check_redis
+
+    settings = Settings.from_env()
+    check_redis(settings)
+    backend = Backend(settings)
+    doc_root = a.document_root or os.environ.get("DGAN_LS_DOCUMENT_ROOT") or None
+    if doc_root:
+        ensure_local_storage(backend, a.project, doc_root)
+    conn = redis_from_settings(settings)
+    pusher = Pusher(backend, conn, doc_root)
+    run, resumed = pusher.start_or_resume(a.project, a.n, chunk=a.chunk, filter_frac=a.filter, psi=a.psi)
+    print(f"{'resuming' if resumed else 'starting'} push run {run.run_id}: {run.n} tasks, seeds from {run.base_seed}, "
+          f"{run.n_chunks} chunks of {run.chunk}, model {run.model_version}, images as "
+          f"{'Local Storage files' if doc_root else 'data URIs'}")
+    if a.queue:
+        import json as _json
+        from dataclasses import asdict
+
+        q = queue(settings, conn)
+        for k in range(run.n_chunks):
+            q.enqueue(push_chunk_job, a.project, _json.dumps(asdict(run)), k, job_timeout=3600,
+                      description=f"push run {run.run_id} chunk {k}")
+        print(f"queued {run.n_chunks} chunk jobs on '{settings.queue}'; start `dgan worker` on any machine")
+        return 0
+    done_before = sum(run.quota(k) for k in range(run.n_chunks) if pusher.chunk_state(run, k) == "done")
+    t0 = time.time()
+    with tqdm(total=run.n, initial=done_before, unit="task", desc="push") as bar:
+        made = pusher.push(run, on_progress=bar.update)
+    print(json.dumps({"run": run.run_id, "imported_now": made, "seconds": round(time.time() - t0, 1),
+                      "tasks_per_s": round(made / max(time.time() - t0, 1e-9), 2)}))
+    return 0
+
+
 def _cmd_bench(a: argparse.Namespace) -> int:
     from model import bench
 
@@ -351,6 +394,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also export tasks that only have predictions (default: reviewed annotations only)")
     ex.add_argument("--out", required=True)
     ex.set_defaults(func=_cmd_export)
+
+    pu = sub.add_parser("push", help="synthesize labeled images and push them as tasks with predictions",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="reads LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY / REDIS_URL / MODEL_DIR like `dgan serve`;\n"
+                               "killed mid-run, the same command resumes with no duplicates and no gaps")
+    pu.add_argument("--project", type=int, required=True)
+    pu.add_argument("--n", type=int, required=True, help="tasks to add (after filtering)")
+    pu.add_argument("--chunk", type=int, default=500, help="seeds per chunk (one import request each)")
+    pu.add_argument("--filter", type=float, default=0.1, help="drop this fraction of each chunk, most uncertain first")
+    pu.add_argument("--psi", type=float, default=1.0)
+    pu.add_argument("--document-root", default=None,
+                    help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (or DGAN_LS_DOCUMENT_ROOT): store "
+                         "images there and serve them through a Local Storage connection; default: data URIs")
+    pu.add_argument("--queue", action="store_true", help="queue the chunks for `dgan worker`s instead of running here")
+    pu.set_defaults(func=_cmd_push)
 
     b = sub.add_parser("bench", help="benchmarks (JSON)")
     b.add_argument("what", choices=["generator", "interpreter", "inversion", "synthesis", "quality"])

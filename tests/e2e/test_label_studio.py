@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,6 +65,9 @@ def _wait(predicate, timeout: float, what: str, every: float = 2.0):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+STATE: dict = {}
 
 
 def test_full_loop(label_studio, backend, redis_conn, record_property):
@@ -133,6 +140,102 @@ def test_full_loop(label_studio, backend, redis_conn, record_property):
     pred = np.stack([_decode(got[i]) for i in rest])
     miou = 100 * mean_iou(pred, masks[N_ANNOTATED:], len(CLASSES))
     record_property("predict_miou", round(miou, 2))
+    STATE.update(project=project, session=s, api=api, masks=masks, task_ids=task_ids, ml_id=ml_id)
     print(f"\npre-annotation mIoU on {len(rest)} tasks: {miou:.1f}%")
     assert all(0 <= got[i]["score"] <= 1 and got[i]["model_version"].startswith("dgan-v") for i in rest)
     assert miou > 20
+
+
+def _dgan(backend, *args, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ls_backend.cli", *args], env=backend.env, capture_output=True,
+                          text=True, **kw)
+
+
+def _seeds(s, api, project) -> list[int]:
+    tasks = s.get(f"{api}/tasks", params={"project": project, "page_size": 5000}).json()["tasks"]
+    return [t["data"]["dgan_seed"] for t in tasks if "dgan_seed" in t["data"]]
+
+
+def test_push_killed_and_resumed_adds_exactly_n(backend, redis_conn):
+    if not STATE:
+        pytest.skip("needs test_full_loop's trained project")
+    s, api, project = STATE["session"], STATE["api"], STATE["project"]
+    before = len(_seeds(s, api, project))
+    proc = subprocess.Popen([sys.executable, "-m", "ls_backend.cli", "push", "--project", str(project), "--n", "90",
+                             "--chunk", "20"], env=backend.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run = _wait(lambda: redis_conn.get(f"dgan:p:{project}:push_run"), 120, "the push run record", every=0.5)
+    run_id = json.loads(run)["run_id"]
+    _wait(lambda: redis_conn.get(f"dgan:push:{run_id}:chunk:1") == b"done", 300, "two chunks", every=0.2)
+    proc.kill()
+    proc.wait()
+    mid = len(_seeds(s, api, project)) - before
+    assert 0 < mid < 90
+    out = _dgan(backend, "push", "--project", str(project), "--n", "90", "--chunk", "20", timeout=900)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resuming push run" in out.stdout
+    seeds = _seeds(s, api, project)
+    assert len(seeds) - before == 90 and len(set(seeds)) == len(seeds)
+    tasks = s.get(f"{api}/tasks", params={"project": project, "page_size": 5000, "fields": "all"}).json()["tasks"]
+    pushed = [t for t in tasks if t["data"].get("dgan_push_run") == run_id]
+    assert all(t["predictions"] and 0 <= t["predictions"][0]["score"] <= 1 for t in pushed)
+    STATE["pushed"] = pushed
+
+
+def test_two_workers_split_a_push(backend, redis_conn):
+    if not STATE:
+        pytest.skip("needs test_full_loop's trained project")
+    s, api, project = STATE["session"], STATE["api"], STATE["project"]
+    before = len(_seeds(s, api, project))
+    second = backend.start_worker()
+    out = _dgan(backend, "push", "--project", str(project), "--n", "60", "--chunk", "10", "--queue", timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    _wait(lambda: len(_seeds(s, api, project)) - before >= 60, 600, "60 tasks from the workers", every=2)
+    time.sleep(3)
+    seeds = _seeds(s, api, project)
+    assert len(seeds) - before == 60 and len(set(seeds)) == len(seeds)
+    from rq.job import Job
+    from rq.registry import FinishedJobRegistry
+
+    workers = {Job.fetch(j, connection=redis_conn).worker_name
+               for j in FinishedJobRegistry("dgan-e2e", connection=redis_conn).get_job_ids()
+               if "push" in (Job.fetch(j, connection=redis_conn).description or "")}
+    assert len(workers) == 2, workers
+    second.terminate()
+
+
+def test_review_correction_uses_the_exact_latent_and_export(backend, tmp_path):
+    if "pushed" not in STATE:
+        pytest.skip("needs the pushed tasks")
+    s, api, project = STATE["session"], STATE["api"], STATE["project"]
+    latents_dir = Path(backend.env["MODEL_DIR"]) / "latents"
+    n_latents = len(list(latents_dir.glob("*.pt")))
+    task = STATE["pushed"][0]
+    correction = task["predictions"][0]["result"][:-1]      # the reviewer removes one region
+    assert s.post(f"{api}/tasks/{task['id']}/annotations", json={"result": correction}).status_code == 201
+    assert s.post(f"{api}/ml/{STATE['ml_id']}/train", json={}).status_code in (200, 201)
+
+    def fitted_with_it():
+        meta = sorted((Path(backend.env["MODEL_DIR"]) / "projects" / str(project) / "interpreters").glob("v*.json"))
+        last = json.loads(meta[-1].read_text())
+        return any(e["task"] == task["id"] for e in last["trained_on"])
+
+    _wait(fitted_with_it, 600, "a fit that includes the reviewed synthetic task", every=3)
+    assert len(list(latents_dir.glob("*.pt"))) == n_latents      # no inversion: its seed gave the latent
+
+    out = _dgan(backend, "export", "--project", str(project), "--format", "coco", "--out", str(tmp_path / "coco"))
+    assert out.returncode == 0, out.stderr
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(tmp_path / "coco" / "annotations.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == PROJECT_LABELS
+    by_task = {im["task_id"]: im["id"] for im in coco.dataset["images"]}
+    assert len(by_task) == N_ANNOTATED + 1
+    for i in range(N_ANNOTATED):
+        rebuilt = np.zeros((64, 64), np.uint8)
+        for ann in coco.loadAnns(coco.getAnnIds(imgIds=[by_task[STATE["task_ids"][i]]])):
+            label = PROJECT_LABELS[ann["category_id"] - 1]
+            rebuilt[coco.annToMask(ann) > 0] = CLASSES.index(DOMAIN_NAME[label])
+        assert np.array_equal(rebuilt, STATE["masks"][i])          # lossless, data-URI tasks included
+    out = _dgan(backend, "export", "--project", str(project), "--format", "voc", "--out", str(tmp_path / "voc"))
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "voc" / "SegmentationClass").glob("*.png"))) == N_ANNOTATED + 1

@@ -1,0 +1,227 @@
+"""Synthesize labeled images and push them into a Label Studio project as tasks with predictions.
+
+A push run covers seeds ``base .. base + chunks·chunk − 1`` in chunks. Each chunk is claimed in Redis
+by whoever runs it (the CLI, or several RQ workers on any machines that reach Redis and Label
+Studio), synthesized, filtered (most uncertain ``filter`` fraction dropped), and imported in one
+request. Exactly-once: a chunk is marked ``importing`` before its request and ``done`` after; a
+chunk found ``importing`` on resume is reconciled against the seeds already in the project, so a
+kill at any point leaves no duplicates and no gaps. The run stops at exactly ``n`` kept tasks.
+
+Task data: image (data URI or a Local Storage URL), ``dgan_seed``, ``dgan_psi``, ``dgan_uncertainty``,
+``dgan_generator_id``, ``dgan_model_version`` — so a reviewer's correction pairs with the exact latent.
+Prediction ``score`` = certainty, so sorting by score puts the least certain first.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import os
+import socket
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .brush import mask_to_results, parse_label_config
+from .store import model_version_name
+
+RUN_KEY = "dgan:p:{project}:push_run"        # the project's current (or last) run, JSON
+CHUNK_KEY = "dgan:push:{run}:chunk:{k}"      # claimed / importing / done
+NEXT_SEED_KEY = "dgan:p:{project}:next_seed"
+
+
+@dataclass
+class PushRun:
+    run_id: str
+    project: int
+    n: int
+    base_seed: int
+    chunk: int
+    filter_frac: float
+    psi: float
+    model_version: str
+    storage: str                 # "datauri" or "local:<document root>"
+    created: float
+
+    @property
+    def kept_per_chunk(self) -> int:
+        return self.chunk - int(round(self.chunk * self.filter_frac))
+
+    @property
+    def n_chunks(self) -> int:
+        return math.ceil(self.n / self.kept_per_chunk)
+
+    def quota(self, k: int) -> int:
+        """Tasks chunk k contributes: kept_per_chunk, the last one only what completes n."""
+        return min(self.kept_per_chunk, self.n - k * self.kept_per_chunk)
+
+
+def _png_data_uri(img: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+class Pusher:
+    def __init__(self, backend, conn, document_root: str | None = None) -> None:
+        self.backend, self.conn, self.document_root = backend, conn, document_root
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    # -- runs ------------------------------------------------------------------------------------
+    def start_or_resume(self, project: int, n: int, chunk: int = 500, filter_frac: float = 0.1,
+                        psi: float = 1.0) -> tuple[PushRun, bool]:
+        """The project's unfinished run with the same n (resumed), else a new run after the last pushed seed."""
+        raw = self.conn.get(RUN_KEY.format(project=project))
+        if raw:
+            run = PushRun(**json.loads(raw))
+            if run.n == n and not self.finished(run):
+                return run, True
+        version, interp = self.backend.interpreter(project)
+        if interp is None:
+            raise ValueError(f"project {project} has no fitted model yet; annotate a few tasks and train first")
+        span = math.ceil(n / max(1, chunk - int(round(chunk * filter_frac)))) * chunk
+        base = int(self.conn.incrby(NEXT_SEED_KEY.format(project=project), span)) - span
+        storage = f"local:{self.document_root}" if self.document_root else "datauri"
+        run = PushRun(uuid.uuid4().hex[:12], project, n, base, chunk, filter_frac, psi, model_version_name(version),
+                      storage, time.time())
+        self.conn.set(RUN_KEY.format(project=project), json.dumps(asdict(run)))
+        return run, False
+
+    def chunk_state(self, run: PushRun, k: int) -> str | None:
+        v = self.conn.get(CHUNK_KEY.format(run=run.run_id, k=k))
+        return v.decode() if v else None
+
+    def finished(self, run: PushRun) -> bool:
+        return all(self.chunk_state(run, k) == "done" for k in range(run.n_chunks))
+
+    # -- one chunk -------------------------------------------------------------------------------
+    def _existing_seeds(self, project: int) -> set[int]:
+        return {int(t["data"]["dgan_seed"]) for t in self.backend.client.iter_tasks(project)
+                if t.get("data", {}).get("dgan_seed") is not None}
+
+    def _image_value(self, run: PushRun, seed: int, img: np.ndarray, project_dir: Path | None) -> str:
+        if project_dir is None:
+            return _png_data_uri(img)
+        name = f"s{seed:010d}.png"
+        Image.fromarray(img).save(project_dir / name)
+        rel = project_dir.relative_to(Path(run.storage[len("local:"):]))
+        return f"/data/local-files/?d={rel.as_posix()}/{name}"
+
+    def _take_lock(self, lock: str, lease_s: int) -> bool:
+        """Take the chunk's work lock; a lock left by a dead process on this host is taken over at once."""
+        if self.conn.set(lock, self.owner, nx=True, ex=lease_s):
+            return True
+        holder = (self.conn.get(lock) or b"").decode()
+        host, _, pid = holder.partition(":")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            self.conn.delete(lock)
+            return bool(self.conn.set(lock, self.owner, nx=True, ex=lease_s))
+        return False
+
+    def run_chunk(self, run: PushRun, k: int, lease_s: int = 600) -> int | None:
+        """Synthesize, filter and import chunk k. Returns the tasks imported, 0 if it was already done,
+        None if another live process is working on it."""
+        from model.synthesis import generate_chunk, keep_most_certain
+
+        key = CHUNK_KEY.format(run=run.run_id, k=k)
+        lock = key + ":lock"
+        if self.chunk_state(run, k) == "done":
+            return 0
+        if not self._take_lock(lock, lease_s):
+            return None
+        try:
+            state = self.chunk_state(run, k)
+            if state == "done":
+                return 0
+            _, interp = self.backend.interpreter(run.project)
+            label_map = parse_label_config(self.backend.client.label_config(run.project))
+            if interp is None or interp.class_names != label_map.class_names:
+                raise ValueError(f"project {run.project}'s model does not match its labels; train it again")
+            seeds = list(range(run.base_seed + k * run.chunk, run.base_seed + (k + 1) * run.chunk))
+            samples = keep_most_certain(generate_chunk(self.backend.generator, interp, seeds, psi=run.psi),
+                                        run.filter_frac)[:run.quota(k)]
+            if state == "importing":      # a previous attempt may have imported: skip what is there
+                present = self._existing_seeds(run.project)
+                samples = [x for x in samples if x.seed not in present]
+            project_dir = None
+            if run.storage.startswith("local:"):
+                project_dir = Path(run.storage[len("local:"):]) / "dgan" / f"project-{run.project}" / run.run_id
+                project_dir.mkdir(parents=True, exist_ok=True)
+            n_cls = len(interp.class_names)
+            tasks = []
+            for x in samples:
+                certainty = float(np.clip(1 - x.uncertainty / np.log(n_cls), 0, 1))
+                tasks.append({
+                    "data": {label_map.image_key: self._image_value(run, x.seed, x.image, project_dir),
+                             "dgan_seed": x.seed, "dgan_psi": run.psi, "dgan_uncertainty": round(x.uncertainty, 6),
+                             "dgan_generator_id": self.backend.generator_id, "dgan_model_version": run.model_version,
+                             "dgan_push_run": run.run_id},
+                    "predictions": [{"result": mask_to_results(x.labels, label_map), "score": round(certainty, 4),
+                                     "model_version": run.model_version}]})
+            self.conn.set(key, "importing")
+            if tasks:
+                self.backend.client.import_tasks(run.project, tasks)
+            self.conn.set(key, "done")
+            return len(tasks)
+        finally:
+            if (self.conn.get(lock) or b"").decode() == self.owner:
+                self.conn.delete(lock)
+
+    def push(self, run: PushRun, on_progress: Callable[[int], None] | None = None, poll_s: float = 2.0) -> int:
+        """Run every chunk not yet done; chunks another live process holds are left to it and waited for.
+        Returns the tasks this call imported."""
+        total = 0
+        pending = list(range(run.n_chunks))
+        while pending:
+            waiting = []
+            for k in pending:
+                made = self.run_chunk(run, k)
+                if made is None:
+                    waiting.append(k)
+                    continue
+                total += made
+                if on_progress:
+                    on_progress(made)
+            if waiting:
+                time.sleep(poll_s)
+            pending = [k for k in waiting if self.chunk_state(run, k) != "done"]
+        return total
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def ensure_local_storage(backend, project: int, document_root: str) -> None:
+    """Create the project's Local Storage connection for dgan's image folder (once)."""
+    folder = Path(document_root) / "dgan" / f"project-{project}"
+    folder.mkdir(parents=True, exist_ok=True)
+    ls = backend.client.ls
+    for st in backend.client._call("list local storages", ls.import_storage.local.list, project=project):
+        if getattr(st, "path", None) == str(folder):
+            return
+    backend.client._call("create local storage", ls.import_storage.local.create, project=project, path=str(folder),
+                         use_blob_urls=True, title="dgan synthesized images")
+
+
+def push_chunk_job(project: int, run_json: str, k: int) -> int:
+    """RQ job: one chunk of a push run (several workers can split a run)."""
+    from .jobs import get_backend, redis_from_settings
+
+    backend = get_backend()
+    run = PushRun(**json.loads(run_json))
+    doc_root = run.storage[len("local:"):] if run.storage.startswith("local:") else None
+    return Pusher(backend, redis_from_settings(backend.settings), doc_root).run_chunk(run, k) or 0
