@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point that installs what it needs, then runs:
-#   ./dgan.sh demo [args]   the main job on the embedded default domain
+#   ./dgan.sh demo [args]   the main job: the whole loop in a local Label Studio (installs it into .venv-ls)
 #   ./dgan.sh test [args]   the whole test suite: fast tests + end-to-end tests against a real
 #                           Label Studio 1.23.2 (installed into .venv-ls) and Redis;
 #                           `./dgan.sh test -m "not slow"` runs only the fast ones
@@ -33,6 +33,7 @@ install_label_studio() {
   fi
 }
 case "$cmd" in
+  demo) install_label_studio; exec "$VENV/bin/dgan" demo "$@" ;;
   test)
     if [ "$#" -eq 0 ]; then
       install_label_studio

@@ -56,8 +56,7 @@ def _cmd_train_gan(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(a: argparse.Namespace) -> int:
-    import time
+def _cmd_preview(a: argparse.Namespace) -> int:
 
     from model.domain import render_batch
     from model.generator.checkpoints import num_params
@@ -250,6 +249,16 @@ def _cmd_push(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo, stop
+
+    if a.stop:
+        stop(Path(a.out))
+        return 0
+    run_demo(a.out, n_tasks=a.tasks, n_annotated=a.annotate, n_push=a.push)
+    return 0
+
+
 def _cmd_bench(a: argparse.Namespace) -> int:
     from model import bench
 
@@ -310,11 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     t.set_defaults(func=_cmd_train_gan)
 
-    d = sub.add_parser("demo", help="the main job on the embedded default domain")
+    pv = sub.add_parser("preview", help="domain samples with labels and a generator sample grid (seconds)")
+    pv.add_argument("--out", default="preview-out")
+    pv.add_argument("--n", type=int, default=32)
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--generator", default=None)
+    pv.set_defaults(func=_cmd_preview)
+
+    d = sub.add_parser("demo", help="the whole loop in a local Label Studio: annotate, train, pre-annotate, push, "
+                                    "export; leaves Label Studio running for review")
     d.add_argument("--out", default="demo-out")
-    d.add_argument("--n", type=int, default=32)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--generator", default=None)
+    d.add_argument("--tasks", type=int, default=200, help="real (domain) images in the project")
+    d.add_argument("--annotate", type=int, default=16, help="tasks annotated with exact masks")
+    d.add_argument("--push", type=int, default=1000, help="synthesized tasks pushed for review")
+    d.add_argument("--stop", action="store_true", help="stop the processes a previous demo left running")
     d.set_defaults(func=_cmd_demo)
 
     ts = sub.add_parser("train-segmenter", help="train the U-Net on a labeled folder; report test mIoU")
@@ -426,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ConnectionError) as e:
+    except (ValueError, FileNotFoundError, ConnectionError, TimeoutError, RuntimeError) as e:
         print(f"dgan {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,232 @@
+"""`dgan demo`: the whole product on the embedded domain, on one machine, in about ten minutes.
+
+Starts (or reuses) Redis, starts Label Studio, the backend and a worker; creates a project of
+default-domain images; annotates 16 with the domain's exact masks (standing in for people); trains;
+pre-annotates the rest; pushes synthesized tasks for review; exports COCO and VOC; prints a summary
+and leaves Label Studio running for a person to review.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+from model.domain import CLASSES, render_batch
+
+LABELS = [c for c in CLASSES if c != "background"]
+CONFIG = ('<View><Image name="image" value="$image" zoom="true"/><BrushLabels name="parts" toName="image">'
+          + "".join(f'<Label value="{c}"/>' for c in LABELS) + "</BrushLabels></View>")
+
+
+def _step(i: int, n: int, msg: str, t0: float) -> None:
+    print(f"[{i}/{n}] {msg}  (t+{time.time() - t0:.0f}s)", flush=True)
+
+
+def _uri(img: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _wait(pred, timeout: float, what: str, every: float = 2.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def ensure_redis(url: str, out: Path) -> str:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        return url
+    except redis.RedisError:
+        pass
+    from .labelstudio import free_port
+
+    port = free_port()
+    subprocess.run(["redis-server", "--daemonize", "yes", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                    "--appendonly", "no", "--dir", str(out), "--logfile", str(out / "redis.log")], check=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait(lambda: _ping(url), 20, "redis-server")
+    return url
+
+
+def _ping(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url).ping())
+    except redis.RedisError:
+        return False
+
+
+def stop(out: Path) -> None:
+    pids = json.loads((out / "pids.json").read_text()) if (out / "pids.json").exists() else {}
+    for name, pid in pids.items():
+        try:
+            os.killpg(pid, signal.SIGTERM)
+            print(f"stopped {name} (pid {pid})")
+        except ProcessLookupError:
+            pass
+    (out / "pids.json").unlink(missing_ok=True)
+
+
+def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push: int = 1000,
+             seed: int = 0) -> dict:
+    from pycocotools.coco import COCO  # noqa: F401 - fail early if the serve extra is missing
+
+    from model.metrics import mean_iou
+
+    from .labelstudio import free_port, start_label_studio
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    stop(out)
+    t0 = time.time()
+    steps = 9
+    timings: dict[str, float] = {}
+    _step(1, steps, "Redis and Label Studio (first start migrates its database: ~1-2 min)", t0)
+    redis_url = ensure_redis(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), out)
+    ls = start_label_studio(out / "label-studio")
+    timings["label_studio_start_s"] = round(time.time() - t0, 1)
+    pids = {"label-studio": ls.process.pid}
+
+    _step(2, steps, "backend (dgan serve) and a worker", t0)
+    port = free_port()
+    import redis as _redis
+
+    db_url = redis_url.rsplit("/", 1)[0] + "/13"
+    _redis.Redis.from_url(db_url).flushdb()
+    env = {**os.environ, "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token, "REDIS_URL": db_url,
+           "MODEL_DIR": str(out / "models"), "DGAN_LS_DOCUMENT_ROOT": str(ls.document_root),
+           "DGAN_ALLOWED_ROOTS": str(ls.document_root), "DGAN_QUEUE": "dgan-demo"}
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    for name, args in (("backend", ["serve", "--host", "127.0.0.1", "--port", str(port)]), ("worker", ["worker"])):
+        p = subprocess.Popen([sys.executable, "-m", "ls_backend.cli", *args], env=env, start_new_session=True,
+                             stdout=open(logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
+        pids[name] = p.pid
+    (out / "pids.json").write_text(json.dumps(pids))
+    backend_url = f"http://127.0.0.1:{port}"
+    _wait(lambda: _ok(backend_url + "/health"), 120, "the backend")
+
+    _step(3, steps, f"project with {n_tasks} default-domain images", t0)
+    s = requests.Session()
+    s.headers["Authorization"] = f"Token {ls.token}"
+    api = ls.url + "/api"
+    project = s.post(f"{api}/projects", json={"title": f"dgan demo {time.strftime('%H:%M')}",
+                                              "label_config": CONFIG}).json()["id"]
+    images, masks = render_batch(n_tasks, seed=1000 + seed)
+    r = s.post(f"{api}/projects/{project}/import", json=[{"image": _uri(im)} for im in images])
+    r.raise_for_status()
+    task_ids = sorted(t["id"] for t in s.get(f"{api}/tasks", params={"project": project, "page_size": 5000}
+                                             ).json()["tasks"])
+    ml = s.post(f"{api}/ml", json={"url": backend_url, "project": project, "title": "dgan", "is_interactive": False})
+    ml.raise_for_status()
+
+    _step(4, steps, f"annotating {n_annotated} tasks with exact masks (standing in for people); training", t0)
+    t_fit = time.time()
+    for i in range(n_annotated):
+        result = []
+        for c, name in enumerate(LABELS, start=1):
+            m = masks[i] == c
+            if m.any():
+                from label_studio_sdk.converter.brush import mask2rle
+
+                result.append({"from_name": "parts", "to_name": "image", "type": "brushlabels",
+                               "original_width": 64, "original_height": 64, "image_rotation": 0,
+                               "value": {"format": "rle", "rle": mask2rle((m * 255).astype(np.uint8)),
+                                         "brushlabels": [name]}})
+        s.post(f"{api}/tasks/{task_ids[i]}/annotations", json={"result": result}).raise_for_status()
+    conn = _redis.Redis.from_url(db_url)
+
+    def caught_up() -> bool:
+        seq = int(conn.get(f"dgan:p:{project}:event_seq") or 0)
+        return seq >= n_annotated and int(conn.get(f"dgan:p:{project}:fitted_seq") or 0) >= seq
+
+    _wait(caught_up, 1200, "the fit of all annotations", every=3)
+    last = json.loads(conn.get(f"dgan:p:{project}:last_fit"))
+    if "error" in last:
+        raise RuntimeError(f"the fit failed: {last['error']} (see {logs / 'worker.log'})")
+    timings["fit_s"] = round(time.time() - t_fit, 1)
+    print(f"      model {last['model_version']}: trained on {last['n_images']} images, cross-validated mIoU "
+          f"{last['cv_miou']}%")
+
+    _step(5, steps, f"pre-annotating the other {n_tasks - n_annotated} tasks (one 'Retrieve predictions' call)", t0)
+    rest = task_ids[n_annotated:]
+    t_pred = time.time()
+    s.post(f"{api}/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project},
+           json={"selectedItems": {"all": False, "included": rest}}, timeout=300)
+
+    def predicted():
+        got = {}
+        for t in s.get(f"{api}/tasks", params={"project": project, "page_size": 5000, "fields": "all"}).json()["tasks"]:
+            ps = [p for p in t.get("predictions", []) if p.get("result")]
+            if ps:
+                got[t["id"]] = max(ps, key=lambda p: p["id"])
+        return got if all(i in got for i in rest) else None
+
+    got = _wait(predicted, 1200, "predictions for every task", every=5)
+    timings["pre_annotate_s"] = round(time.time() - t_pred, 1)
+    from .brush import parse_label_config, results_to_mask
+
+    lm = parse_label_config(CONFIG)
+    pred = np.stack([results_to_mask(got[i]["result"], lm, 64, 64) for i in rest])
+    miou = 100 * mean_iou(pred, masks[n_annotated:], len(CLASSES))
+    print(f"      pre-annotation mIoU against the exact masks: {miou:.1f}%")
+
+    _step(6, steps, f"pushing {n_push} synthesized tasks for review", t0)
+    t_push = time.time()
+    push = subprocess.run([sys.executable, "-m", "ls_backend.cli", "push", "--project", str(project), "--n",
+                           str(n_push)], env=env, text=True)
+    if push.returncode:
+        raise RuntimeError("dgan push failed (see above)")
+    timings["push_s"] = round(time.time() - t_push, 1)
+
+    _step(7, steps, "exporting COCO (RLE) and Pascal VOC", t0)
+    exports = {}
+    for fmt in ("coco", "voc"):
+        dest = out / "exports" / f"project-{project}-{fmt}"
+        if dest.exists():
+            import shutil
+
+            shutil.rmtree(dest)
+        r = subprocess.run([sys.executable, "-m", "ls_backend.cli", "export", "--project", str(project), "--format",
+                            fmt, "--include-predictions", "--out", str(dest)], env=env, capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"export {fmt} failed: {r.stderr}")
+        exports[fmt] = str(dest)
+
+    _step(8, steps, "summary", t0)
+    summary = {"label_studio": ls.url, "login": {"email": ls.username, "password": ls.password},
+               "project": project, "project_url": f"{ls.url}/projects/{project}/data",
+               "pre_annotation_miou": round(miou, 2), "cv_miou": last["cv_miou"], "timings": timings,
+               "total_s": round(time.time() - t0, 1), "exports": exports, "backend": backend_url,
+               "logs": str(logs), "stop": f"dgan demo --stop --out {out}"}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    _step(9, steps, f"Label Studio stays up at {ls.url} — log in as {ls.username} / {ls.password}", t0)
+    return summary
+
+
+def _ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
