@@ -83,6 +83,7 @@ class Pusher:
             run = PushRun(**json.loads(raw))
             if run.n == n and not self.finished(run):
                 return run, True
+        chunk = max(1, min(chunk, math.ceil(n / (1 - filter_frac))))   # never synthesize far more than n
         version, interp = self.backend.interpreter(project)
         if interp is None:
             raise ValueError(f"project {project} has no fitted model yet; annotate a few tasks and train first")
