@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from datetime import timedelta
 
 from redis import Redis
 
@@ -20,7 +22,9 @@ from .config import Settings
 from .store import RedisKeys
 
 log = logging.getLogger(__name__)
-LOCK_TIMEOUT_S = 30 * 60
+JOB_TIMEOUT_S = 60 * 60       # RQ job timeout (a fit on many images can take minutes)
+LOCK_TTL_S = 90               # fit lock lifetime, renewed by a heartbeat while the fit runs
+RECHECK_S = 60                # a fit that found the lock taken looks again this much later
 
 _backend = None
 
@@ -42,51 +46,78 @@ def redis_from_settings(settings: Settings) -> Redis:
 def queue(settings: Settings, conn: Redis | None = None):
     from rq import Queue
 
-    return Queue(settings.queue, connection=conn or redis_from_settings(settings), default_timeout=LOCK_TIMEOUT_S)
+    return Queue(settings.queue, connection=conn or redis_from_settings(settings), default_timeout=JOB_TIMEOUT_S)
 
 
 def enqueue_fit(settings: Settings, conn: Redis, project: int) -> str:
     from rq import Retry
 
     job = queue(settings, conn).enqueue(fit_project, project, retry=Retry(max=3, interval=[5, 30, 120]),
-                                        job_timeout=LOCK_TIMEOUT_S, description=f"fit project {project}")
+                                        job_timeout=JOB_TIMEOUT_S, description=f"fit project {project}")
     return job.id
+
+
+class _Heartbeat:
+    """Keeps a Redis lock alive while this process works; a killed worker's lock expires in LOCK_TTL_S."""
+
+    def __init__(self, lock) -> None:
+        self.lock, self.stop = lock, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(LOCK_TTL_S / 3):
+            try:
+                self.lock.extend(LOCK_TTL_S, replace_ttl=True)
+            except Exception:  # noqa: BLE001 - lost the lock; the fit still finishes, bookkeeping stays right
+                return
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
 
 
 def fit_project(project: int) -> dict:
     """RQ job: fit until the project's fitted_seq has caught up with its event_seq."""
     backend = get_backend()
     conn = redis_from_settings(backend.settings)
-    lock = conn.lock(RedisKeys.fit_lock(project), timeout=LOCK_TIMEOUT_S, blocking=False)
-    fits = []
+    lock = conn.lock(RedisKeys.fit_lock(project), timeout=LOCK_TTL_S, blocking=False)
+    fits: list[dict] = []
+
+    def behind() -> bool:
+        return int(conn.get(RedisKeys.event_seq(project)) or 0) > int(conn.get(RedisKeys.fitted_seq(project)) or 0)
+
     while True:
         if not lock.acquire(blocking=False):
-            return {"project": project, "skipped": "another fit holds the lock; it will cover these events",
-                    "fits": fits}
+            # Another fit runs (or a killed worker's lock has not expired yet): look again later.
+            if behind():
+                queue(backend.settings, conn).enqueue_in(timedelta(seconds=RECHECK_S), fit_project, project,
+                                                         job_timeout=JOB_TIMEOUT_S)
+            return {"project": project, "skipped": "another fit holds the lock; re-checking later", "fits": fits}
         try:
-            while True:
-                seq = int(conn.get(RedisKeys.event_seq(project)) or 0)
-                if seq <= int(conn.get(RedisKeys.fitted_seq(project)) or 0):
-                    break
-                t0 = time.time()
-                try:
-                    meta = backend.fit(project)
-                except ValueError as e:   # nothing usable to fit yet: record it, do not retry
-                    conn.set(RedisKeys.last_fit(project), json.dumps({"error": str(e), "at": time.time()}))
+            with _Heartbeat(lock):
+                while behind():
+                    seq = int(conn.get(RedisKeys.event_seq(project)) or 0)
+                    t0 = time.time()
+                    try:
+                        meta = backend.fit(project)
+                    except ValueError as e:   # nothing usable to fit yet: record it, do not retry
+                        conn.set(RedisKeys.last_fit(project), json.dumps({"error": str(e), "at": time.time()}))
+                        conn.set(RedisKeys.fitted_seq(project), seq)
+                        fits.append({"error": str(e)})
+                        break
                     conn.set(RedisKeys.fitted_seq(project), seq)
-                    fits.append({"error": str(e)})
-                    break
-                conn.set(RedisKeys.fitted_seq(project), seq)
-                conn.set(RedisKeys.last_fit(project), json.dumps({**meta, "at": time.time()}))
-                fits.append({"model_version": meta["model_version"], "seconds": round(time.time() - t0, 2)})
-                lock.extend(LOCK_TIMEOUT_S, replace_ttl=True)
+                    conn.set(RedisKeys.last_fit(project), json.dumps({**meta, "at": time.time()}))
+                    fits.append({"model_version": meta["model_version"], "seconds": round(time.time() - t0, 2)})
         finally:
             try:
                 lock.release()
             except Exception:  # noqa: BLE001 - lock expired; nothing to release
                 pass
         # An event may have arrived between our last check and the release: look once more.
-        if int(conn.get(RedisKeys.event_seq(project)) or 0) <= int(conn.get(RedisKeys.fitted_seq(project)) or 0):
+        if not behind():
             return {"project": project, "fits": fits}
 
 
@@ -106,6 +137,6 @@ def enqueue_predictions(settings: Settings, conn: Redis, project: int, task_ids:
     from rq import Retry
 
     job = queue(settings, conn).enqueue(predict_and_import, project, task_ids, label_config,
-                                        retry=Retry(max=3, interval=[5, 30, 120]), job_timeout=LOCK_TIMEOUT_S,
+                                        retry=Retry(max=3, interval=[5, 30, 120]), job_timeout=JOB_TIMEOUT_S,
                                         description=f"predict {len(task_ids)} tasks of project {project}")
     return job.id
