@@ -190,18 +190,22 @@ class Interpreter:
         e, h1 = cfg.members, cfg.hidden[0]
         w0 = self.model.weights[0]                                   # [E, d, h1]
         n = maps[0].shape[0]
-        h = None
+        # Project each map at its own resolution and sum per resolution, then upsample once per resolution.
+        by_res: dict[int, torch.Tensor] = {}
         offset = 0
         for m in maps:
             c = m.shape[1]
             proj = w0[:, offset:offset + c, :].permute(0, 2, 1).reshape(e * h1, c, 1, 1)
             part = F.conv2d(m.float(), proj)
-            if part.shape[-1] != out_size:
-                part = F.interpolate(part, size=(out_size, out_size), mode="bilinear", align_corners=False)
-            h = part if h is None else h.add_(part)
+            r = part.shape[-1]
+            by_res[r] = part if r not in by_res else by_res[r].add_(part)
             offset += c
         if offset != cfg.in_dim:
             raise ValueError(f"maps hold {offset} channels, the interpreter expects {cfg.in_dim}")
+        h = by_res.pop(out_size, None)
+        for part in by_res.values():
+            up = F.interpolate(part, size=(out_size, out_size), mode="bilinear", align_corners=False)
+            h = up if h is None else h.add_(up)
         # [N, E·h1, H, W] → [E, N·H·W, h1], then the remaining layers as in EnsembleMLP.forward.
         h = h.reshape(n, e, h1, out_size * out_size).permute(1, 0, 3, 2).reshape(e, -1, h1) + self.model.biases[0]
         for i in range(1, len(self.model.weights)):
