@@ -191,23 +191,26 @@ class Interpreter:
         w0 = self.model.weights[0]                                   # [E, d, h1]
         n = maps[0].shape[0]
         # Project each map at its own resolution and sum per resolution, then upsample once per resolution.
+        # Everything stays channels-last ([N, r, r, E·h1] in memory): the projection is a plain matmul and
+        # bilinear upsampling has a fast channels-last kernel; the result is already pixels × features.
         by_res: dict[int, torch.Tensor] = {}
         offset = 0
         for m in maps:
             c = m.shape[1]
-            proj = w0[:, offset:offset + c, :].permute(0, 2, 1).reshape(e * h1, c, 1, 1)
-            part = F.conv2d(m.float(), proj)
-            r = part.shape[-1]
+            proj = w0[:, offset:offset + c, :].permute(1, 0, 2).reshape(c, e * h1)
+            part = m.float().permute(0, 2, 3, 1) @ proj                      # [N, r, r, E·h1]
+            r = part.shape[1]
             by_res[r] = part if r not in by_res else by_res[r].add_(part)
             offset += c
         if offset != cfg.in_dim:
             raise ValueError(f"maps hold {offset} channels, the interpreter expects {cfg.in_dim}")
         h = by_res.pop(out_size, None)
         for part in by_res.values():
-            up = F.interpolate(part, size=(out_size, out_size), mode="bilinear", align_corners=False)
+            up = F.interpolate(part.permute(0, 3, 1, 2), size=(out_size, out_size), mode="bilinear",
+                               align_corners=False).permute(0, 2, 3, 1)
             h = up if h is None else h.add_(up)
-        # [N, E·h1, H, W] → [E, N·H·W, h1], then the remaining layers as in EnsembleMLP.forward.
-        h = h.reshape(n, e, h1, out_size * out_size).permute(1, 0, 3, 2).reshape(e, -1, h1) + self.model.biases[0]
+        # [N, H, W, E·h1] → [E, N·H·W, h1], then the remaining layers as in EnsembleMLP.forward.
+        h = h.reshape(-1, e, h1).permute(1, 0, 2) + self.model.biases[0]
         for i in range(1, len(self.model.weights)):
             h = F.relu(h)
             ee, b, c = h.shape
