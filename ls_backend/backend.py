@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .brush import LabelMap, mask_to_results, parse_label_config, results_to_mask
+from .brush import LabelMap, mask_to_results, parse_label_config, results_to_mask, validate_results
 from .config import Settings
 from .fetch import decode_image, fetch_image_bytes
 from .store import ProjectStore, image_hash, model_version_name
@@ -169,7 +169,9 @@ class Backend:
             if (h, w) != labels.shape:
                 labels = np.asarray(Image.fromarray(labels).resize((w, h), Image.NEAREST))
             certainty = float(np.clip(1.0 - score / np.log(n_cls), 0.0, 1.0))
-            entries.append({"result": mask_to_results(labels, label_map), "score": round(certainty, 4),
+            results = mask_to_results(labels, label_map)
+            validate_results(results, label_map)   # Label Studio accepts anything; we do not send anything
+            entries.append({"result": results, "score": round(certainty, 4),
                             "model_version": model_version_name(version)})
         return entries
 

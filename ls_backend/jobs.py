@@ -122,15 +122,26 @@ def fit_project(project: int) -> dict:
 
 
 def predict_and_import(project: int, task_ids: list[int], label_config: str) -> dict:
-    """RQ job: predictions for tasks /predict had no time for, imported through the REST API in bulk."""
+    """RQ job: predictions for tasks /predict had no time for, imported through the REST API in bulk
+    (500 per request); progress in the job's meta."""
+    from rq import get_current_job
+
     backend = get_backend()
+    job = get_current_job()
     tasks = backend.client.tasks_by_id(project, task_ids)
-    entries, leftover = backend.predict(project, tasks, label_config, budget_s=float("inf"))
-    preds = [{"task": t["id"], "result": e["result"], "score": e["score"], "model_version": e["model_version"]}
-             for t, e in zip(tasks, entries) if e["result"]]
-    for i in range(0, len(preds), 500):
-        backend.client.import_predictions(project, preds[i:i + 500])
-    return {"project": project, "imported": len(preds), "tasks": len(task_ids)}
+    imported = 0
+    for i in range(0, len(tasks), 500):
+        part = tasks[i:i + 500]
+        entries, _ = backend.predict(project, part, label_config, budget_s=float("inf"))
+        preds = [{"task": t["id"], "result": e["result"], "score": e["score"], "model_version": e["model_version"]}
+                 for t, e in zip(part, entries) if e["result"]]
+        if preds:
+            backend.client.import_predictions(project, preds)
+        imported += len(preds)
+        if job is not None:
+            job.meta.update({"done": i + len(part), "of": len(tasks), "imported": imported})
+            job.save_meta()
+    return {"project": project, "imported": imported, "tasks": len(task_ids)}
 
 
 def enqueue_predictions(settings: Settings, conn: Redis, project: int, task_ids: list[int], label_config: str) -> str:

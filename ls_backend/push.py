@@ -223,6 +223,16 @@ def push_chunk_job(project: int, run_json: str, k: int) -> int:
     from .jobs import get_backend, redis_from_settings
 
     backend = get_backend()
+    from rq import get_current_job
+
     run = PushRun(**json.loads(run_json))
     doc_root = run.storage[len("local:"):] if run.storage.startswith("local:") else None
-    return Pusher(backend, redis_from_settings(backend.settings), doc_root).run_chunk(run, k) or 0
+    job = get_current_job()
+    if job is not None:
+        job.meta.update({"run": run.run_id, "chunk": k, "of": run.n_chunks, "state": "synthesizing"})
+        job.save_meta()
+    made = Pusher(backend, redis_from_settings(backend.settings), doc_root).run_chunk(run, k) or 0
+    if job is not None:
+        job.meta.update({"state": "done", "imported": made})
+        job.save_meta()
+    return made
