@@ -262,7 +262,14 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 def _cmd_bench(a: argparse.Namespace) -> int:
     from model import bench
 
-    result = bench.run(a.what, a)
+    if a.what == "push":
+        from .bench_push import bench_push
+
+        if a.project is None:
+            raise ValueError("dgan bench push needs --project ID (a trained project) and the serve env vars")
+        result = {"bench": "push", **bench_push(a.project, a.n or 500)}
+    else:
+        result = bench.run(a.what, a)
     print(json.dumps(result, indent=None if a.json else 2))
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -429,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     pu.set_defaults(func=_cmd_push)
 
     b = sub.add_parser("bench", help="benchmarks (JSON)")
-    b.add_argument("what", choices=["generator", "interpreter", "inversion", "synthesis", "quality"])
+    b.add_argument("what", choices=["generator", "interpreter", "inversion", "synthesis", "quality", "push"])
+    b.add_argument("--project", type=int, default=None, help="push: a trained Label Studio project")
+    b.add_argument("--n", type=int, default=None, help="push: tasks per import (default 500)")
     b.add_argument("--json", action="store_true", help="print one compact JSON object")
     b.add_argument("--out", default=None, help="also write the JSON here")
     b.add_argument("--generator", default=None)
