@@ -31,3 +31,4 @@ for b in generator inversion synthesis interpreter; do
   cat "$EVAL/bench-$b.json" | head -c 600; echo
 done
 $D sample --n 32 --seed 0 --out docs/generator-grid.png
+echo '== review loop'; .venv/bin/python scripts/review_loop.py | tee runs/eval/review_loop.json
