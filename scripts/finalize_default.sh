@@ -32,3 +32,4 @@ for b in generator inversion synthesis interpreter; do
 done
 $D sample --n 32 --seed 0 --out docs/generator-grid.png
 echo '== review loop'; .venv/bin/python scripts/review_loop.py | tee runs/eval/review_loop.json
+echo '== predict latency'; .venv/bin/python scripts/predict_latency.py | tee runs/eval/predict_latency.json

@@ -14,13 +14,12 @@ import torch
 
 from model.domain import CLASSES, render_batch
 from model.generator.default import load_default_or, load_encoder_for
-from model.images import to_uint8
 from model.interpreter import InterpreterConfig
 from model.inversion import images_to_tensor, invert
 from model.labeling import fit_from_latents, label_latents
 from model.metrics import mean_iou
 from model.segmenter import load_segmenter, predict
-from model.synthesis import generate_chunk, keep_most_certain
+from model.synthesis import generate_chunk
 
 
 def main() -> None:
