@@ -14,7 +14,7 @@ def bench_push(project: int, n: int = 500) -> dict:
     from .backend import Backend
     from .brush import mask_to_results, parse_label_config
     from .config import Settings
-    from .push import _png_data_uri
+    from model.images import png_data_uri
 
     backend = Backend(Settings.from_env())
     _, interp = backend.interpreter(project)
@@ -24,7 +24,7 @@ def bench_push(project: int, n: int = 500) -> dict:
     t = time.perf_counter()
     samples = generate_chunk(backend.generator, interp, list(range(10**8, 10**8 + n)))
     synth_s = time.perf_counter() - t
-    tasks = [{"data": {label_map.image_key: _png_data_uri(x.image), "dgan_seed": x.seed},
+    tasks = [{"data": {label_map.image_key: png_data_uri(x.image), "dgan_seed": x.seed},
               "predictions": [{"result": mask_to_results(x.labels, label_map), "score": 0.5,
                                "model_version": "bench"}]} for x in samples]
     url, headers = backend.settings.label_studio_url, backend.client.auth_headers()

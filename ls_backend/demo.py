@@ -8,8 +8,6 @@ and leaves Label Studio running for a person to review.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import signal
@@ -20,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import requests
-from PIL import Image
 
 from model.domain import CLASSES, render_batch
+from model.images import png_data_uri
+
+from .labelstudio import wait_for
 
 LABELS = [c for c in CLASSES if c != "background"]
 CONFIG = ('<View><Image name="image" value="$image" zoom="true"/><BrushLabels name="parts" toName="image">'
@@ -31,22 +31,6 @@ CONFIG = ('<View><Image name="image" value="$image" zoom="true"/><BrushLabels na
 
 def _step(i: int, n: int, msg: str, t0: float) -> None:
     print(f"[{i}/{n}] {msg}  (t+{time.time() - t0:.0f}s)", flush=True)
-
-
-def _uri(img: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _wait(pred, timeout: float, what: str, every: float = 2.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(every)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def ensure_redis(url: str, out: Path) -> str:
@@ -63,7 +47,7 @@ def ensure_redis(url: str, out: Path) -> str:
     subprocess.run(["redis-server", "--daemonize", "yes", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                     "--appendonly", "no", "--dir", str(out), "--logfile", str(out / "redis.log")], check=True)
     url = f"redis://127.0.0.1:{port}/0"
-    _wait(lambda: _ping(url), 20, "redis-server")
+    wait_for(lambda: _ping(url), 20, "redis-server")
     return url
 
 
@@ -124,7 +108,7 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
         pids[name] = p.pid
     (out / "pids.json").write_text(json.dumps(pids))
     backend_url = f"http://127.0.0.1:{port}"
-    _wait(lambda: _ok(backend_url + "/health"), 120, "the backend")
+    wait_for(lambda: _ok(backend_url + "/health"), 120, "the backend")
 
     _step(3, steps, f"project with {n_tasks} default-domain images", t0)
     s = requests.Session()
@@ -133,7 +117,7 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
     project = s.post(f"{api}/projects", json={"title": f"dgan demo {time.strftime('%H:%M')}",
                                               "label_config": CONFIG}).json()["id"]
     images, masks = render_batch(n_tasks, seed=1000 + seed)
-    r = s.post(f"{api}/projects/{project}/import", json=[{"image": _uri(im)} for im in images])
+    r = s.post(f"{api}/projects/{project}/import", json=[{"image": png_data_uri(im)} for im in images])
     r.raise_for_status()
     task_ids = sorted(t["id"] for t in s.get(f"{api}/tasks", params={"project": project, "page_size": 5000}
                                              ).json()["tasks"])
@@ -160,7 +144,7 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
         seq = int(conn.get(f"dgan:p:{project}:event_seq") or 0)
         return seq >= n_annotated and int(conn.get(f"dgan:p:{project}:fitted_seq") or 0) >= seq
 
-    _wait(caught_up, 1200, "the fit of all annotations", every=3)
+    wait_for(caught_up, 1200, "the fit of all annotations", every=3)
     last = json.loads(conn.get(f"dgan:p:{project}:last_fit"))
     if "error" in last:
         raise RuntimeError(f"the fit failed: {last['error']} (see {logs / 'worker.log'})")
@@ -182,7 +166,7 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
                 got[t["id"]] = max(ps, key=lambda p: p["id"])
         return got if all(i in got for i in rest) else None
 
-    got = _wait(predicted, 1200, "predictions for every task", every=5)
+    got = wait_for(predicted, 1200, "predictions for every task", every=5)
     timings["pre_annotate_s"] = round(time.time() - t_pred, 1)
     from .brush import parse_label_config, results_to_mask
 

@@ -16,6 +16,17 @@ import requests
 SCRUBBED = ("HOST", "PORT", "USERNAME", "PASSWORD", "DEBUG")
 
 
+def wait_for(predicate, timeout: float, what: str, every: float = 2.0):
+    """Poll ``predicate`` until it returns something truthy (returned) or ``timeout`` seconds pass."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,8 +14,6 @@ Prediction ``score`` = certainty, so sorting by score puts the least certain fir
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import math
 import os
@@ -28,6 +26,8 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
+
+from model.images import png_data_uri
 
 from .brush import mask_to_results, parse_label_config
 from .store import model_version_name
@@ -61,12 +61,6 @@ class PushRun:
     def quota(self, k: int) -> int:
         """Tasks chunk k contributes: kept_per_chunk, the last one only what completes n."""
         return min(self.kept_per_chunk, self.n - k * self.kept_per_chunk)
-
-
-def _png_data_uri(img: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 class Pusher:
@@ -109,7 +103,7 @@ class Pusher:
 
     def _image_value(self, run: PushRun, seed: int, img: np.ndarray, project_dir: Path | None) -> str:
         if project_dir is None:
-            return _png_data_uri(img)
+            return png_data_uri(img)
         name = f"s{seed:010d}.png"
         Image.fromarray(img).save(project_dir / name)
         rel = project_dir.relative_to(Path(run.storage[len("local:"):]))

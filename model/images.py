@@ -61,6 +61,16 @@ def load_image_folder(folder: str | Path, size: int, limit: int | None = None) -
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+def png_data_uri(image: np.ndarray) -> str:
+    """uint8 [H, W, 3] → a ``data:image/png;base64,…`` URI (how small images travel inside tasks)."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def to_uint8(img: torch.Tensor) -> np.ndarray:
     """Float image batch [N, C, H, W] in [-1, 1] → uint8 [N, H, W, C]."""
     x = ((img.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -2,20 +2,18 @@
 (latent cached by image hash), through the real Flask app and a real Redis. No Label Studio needed:
 tasks carry data-URI images as Label Studio sends them.  .venv/bin/python scripts/predict_latency.py"""
 
-import base64
-import io
 import json
 import tempfile
 import time
 
 import numpy as np
-from PIL import Image
 
 from ls_backend.app import create_app
 from ls_backend.backend import Backend
 from ls_backend.brush import parse_label_config
 from ls_backend.config import Settings
 from model.domain import CLASSES, render_batch
+from model.images import png_data_uri
 from model.interpreter import InterpreterConfig
 from model.inversion import images_to_tensor, invert
 from model.labeling import fit_from_latents
@@ -23,12 +21,6 @@ from model.metrics import mean_iou
 
 CONFIG = ('<View><Image name="image" value="$image"/><BrushLabels name="parts" toName="image">'
           + "".join(f'<Label value="{c}"/>' for c in CLASSES[1:]) + "</BrushLabels></View>")
-
-
-def uri(img):
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def main(n: int = 32) -> None:
@@ -49,7 +41,7 @@ def main(n: int = 32) -> None:
     client = create_app(settings, backend).test_client()
     images, masks = render_batch(n, seed=4242)
     body = {"project": "1.1", "label_config": CONFIG,
-            "tasks": [{"id": i, "data": {"image": uri(im)}} for i, im in enumerate(images)]}
+            "tasks": [{"id": i, "data": {"image": png_data_uri(im)}} for i, im in enumerate(images)]}
     out = {}
     for name in ("inversion_path", "cached_path"):
         t = time.perf_counter()

@@ -1,15 +1,12 @@
 """The Flask app with a real Redis (a dedicated database, flushed per test) and a tiny generator."""
 
 import base64
-import io
-import json
 
 import numpy as np
 import pytest
 import redis
 import torch
 from label_studio_sdk.converter.brush import decode_rle
-from PIL import Image
 
 from ls_backend.app import create_app
 from ls_backend.backend import Backend
@@ -18,7 +15,7 @@ from ls_backend.config import Settings
 from ls_backend.serve import replay_journal
 from ls_backend.store import RedisKeys
 from model.generator.checkpoints import save_generator
-from model.images import to_uint8
+from model.images import png_data_uri, to_uint8
 from model.interpreter import InterpreterConfig
 from model.labeling import fit_from_latents, label_latents
 
@@ -51,12 +48,6 @@ def env(tmp_path):
     app = create_app(settings, backend)
     yield settings, backend, app.test_client(), conn
     conn.flushdb()
-
-
-def _data_uri(img: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _fit_version(backend: Backend, project: int, ws: torch.Tensor) -> np.ndarray:
@@ -129,7 +120,7 @@ def test_predict_untrained_then_trained(env):
     images = to_uint8(G.synthesis(ws))
     gid = generator_id(G)
     # Tasks synthesized by us carry their seed (exact latent); the last one is a "real" image (inversion).
-    tasks = [{"id": 100 + i, "data": {"image": _data_uri(img), "dgan_seed": s, "dgan_generator_id": gid}}
+    tasks = [{"id": 100 + i, "data": {"image": png_data_uri(img), "dgan_seed": s, "dgan_generator_id": gid}}
              for i, (img, s) in enumerate(zip(images, seeds))]
     tasks[-1]["data"] = {"image": tasks[-1]["data"]["image"]}
     body = {"tasks": tasks, "project": "7.1", "label_config": CONFIG, "params": {"context": None}}

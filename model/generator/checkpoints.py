@@ -166,8 +166,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and name.endswith("Storage"):
             return getattr(torch, name)
         if module.startswith("numpy") and name in ("_reconstruct", "ndarray", "dtype", "scalar"):
-            import numpy  # noqa: F401 - numpy arrays appear in augment_pipe state
-            mod = __import__(module, fromlist=[name])
+            mod = __import__(module, fromlist=[name])   # numpy arrays appear in augment_pipe state
             return getattr(mod, name)
         raise CheckpointError(f"refusing to unpickle global {module}.{name}: only NVlabs network pickles "
                               "(tensors, OrderedDict, EasyDict, persistence records) are read; this file "

@@ -3,8 +3,6 @@ retrieve predictions for 200 tasks in one call, decode them with the SDK and sco
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import statistics
 import subprocess
@@ -16,9 +14,10 @@ import numpy as np
 import pytest
 import requests
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
-from PIL import Image
 
+from ls_backend.labelstudio import wait_for
 from model.domain import CLASSES, render_batch
+from model.images import png_data_uri
 from model.metrics import mean_iou
 
 pytestmark = pytest.mark.slow
@@ -30,12 +29,6 @@ DOMAIN_NAME = {"Mouth": "mouth", "Eye": "eye", "Hair": "hair", "Face": "face", "
 CONFIG = ('<View><Image name="photo" value="$img"/><BrushLabels name="parts" toName="photo">'
           + "".join(f'<Label value="{n}"/>' for n in PROJECT_LABELS) + "</BrushLabels></View>")
 N_TASKS, N_ANNOTATED = 208, 8
-
-
-def _uri(img: np.ndarray) -> str:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _results(mask: np.ndarray) -> list[dict]:
@@ -57,16 +50,6 @@ def _decode(prediction: dict) -> np.ndarray:
     return mask
 
 
-def _wait(predicate, timeout: float, what: str, every: float = 2.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 STATE: dict = {}
 
 
@@ -76,7 +59,7 @@ def test_full_loop(label_studio, backend, redis_conn, record_property):
     api = label_studio.url + "/api"
     project = s.post(f"{api}/projects", json={"title": "dgan e2e", "label_config": CONFIG}).json()["id"]
     images, masks = render_batch(N_TASKS, seed=77)
-    r = s.post(f"{api}/projects/{project}/import", json=[{"img": _uri(im)} for im in images])
+    r = s.post(f"{api}/projects/{project}/import", json=[{"img": png_data_uri(im)} for im in images])
     assert r.status_code == 201, r.text
     tasks = sorted(s.get(f"{api}/tasks", params={"project": project, "page_size": 1000}).json()["tasks"],
                    key=lambda t: t["id"])
@@ -110,13 +93,13 @@ def test_full_loop(label_studio, backend, redis_conn, record_property):
         v = requests.post(backend.url + "/setup", json={"project": f"{project}.1", "schema": CONFIG}).json()
         return int(v["model_version"].split("-v")[1]) if "-v" in v["model_version"] else 0
 
-    v1 = _wait(version, 600, "a first model version from the annotation webhooks")
+    v1 = wait_for(version, 600, "a first model version from the annotation webhooks")
     record_property("fit_seconds_after_annotations", round(time.time() - t_fit, 1))
     assert redis_conn.llen("dgan:events") >= N_ANNOTATED
 
     # Trigger training explicitly too (START_TRAINING): the version advances.
     assert s.post(f"{api}/ml/{ml_id}/train", json={}).status_code in (200, 201)
-    _wait(lambda: version() > v1, 600, "the version after START_TRAINING")
+    wait_for(lambda: version() > v1, 600, "the version after START_TRAINING")
 
     # Retrieve predictions for all unannotated tasks in ONE call (as the Data Manager action does).
     rest = task_ids[N_ANNOTATED:]
@@ -135,7 +118,7 @@ def test_full_loop(label_studio, backend, redis_conn, record_property):
                 got[task["id"]] = max(preds, key=lambda p: p["id"])
         return got if all(i in got for i in rest) else None
 
-    got = _wait(predictions, 900, "predictions for every task (fast path + the job for the rest)", every=5)
+    got = wait_for(predictions, 900, "predictions for every task (fast path + the job for the rest)", every=5)
     record_property("retrieve_total_seconds", round(time.time() - t, 1))
     pred = np.stack([_decode(got[i]) for i in rest])
     miou = 100 * mean_iou(pred, masks[N_ANNOTATED:], len(CLASSES))
@@ -163,9 +146,9 @@ def test_push_killed_and_resumed_adds_exactly_n(backend, redis_conn):
     before = len(_seeds(s, api, project))
     proc = subprocess.Popen([sys.executable, "-m", "ls_backend.cli", "push", "--project", str(project), "--n", "90",
                              "--chunk", "20"], env=backend.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    run = _wait(lambda: redis_conn.get(f"dgan:p:{project}:push_run"), 120, "the push run record", every=0.5)
+    run = wait_for(lambda: redis_conn.get(f"dgan:p:{project}:push_run"), 120, "the push run record", every=0.5)
     run_id = json.loads(run)["run_id"]
-    _wait(lambda: redis_conn.get(f"dgan:push:{run_id}:chunk:1") == b"done", 300, "two chunks", every=0.2)
+    wait_for(lambda: redis_conn.get(f"dgan:push:{run_id}:chunk:1") == b"done", 300, "two chunks", every=0.2)
     proc.kill()
     proc.wait()
     mid = len(_seeds(s, api, project)) - before
@@ -189,7 +172,7 @@ def test_two_workers_split_a_push(backend, redis_conn):
     second = backend.start_worker()
     out = _dgan(backend, "push", "--project", str(project), "--n", "60", "--chunk", "10", "--queue", timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    _wait(lambda: len(_seeds(s, api, project)) - before >= 60, 600, "60 tasks from the workers", every=2)
+    wait_for(lambda: len(_seeds(s, api, project)) - before >= 60, 600, "60 tasks from the workers", every=2)
     time.sleep(3)
     seeds = _seeds(s, api, project)
     assert len(seeds) - before == 60 and len(set(seeds)) == len(seeds)
@@ -219,7 +202,7 @@ def test_review_correction_uses_the_exact_latent_and_export(backend, tmp_path):
         last = json.loads(meta[-1].read_text())
         return any(e["task"] == task["id"] for e in last["trained_on"])
 
-    _wait(fitted_with_it, 600, "a fit that includes the reviewed synthetic task", every=3)
+    wait_for(fitted_with_it, 600, "a fit that includes the reviewed synthetic task", every=3)
     assert len(list(latents_dir.glob("*.pt"))) == n_latents      # no inversion: its seed gave the latent
 
     out = _dgan(backend, "export", "--project", str(project), "--format", "coco", "--out", str(tmp_path / "coco"))
