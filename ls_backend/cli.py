@@ -50,7 +50,8 @@ def _cmd_train_gan(a: argparse.Namespace) -> int:
     cfg = TrainConfig(data=a.data, out=a.out, batch=a.batch, lr=a.lr, r1_gamma=a.r1_gamma, pl_weight=a.pl_weight,
                       augment=tuple(x for x in a.augment.split(",") if x), total_kimg=a.kimg,
                       checkpoint_minutes=a.checkpoint_minutes, seed=a.seed, threads=a.threads,
-                      max_images=a.max_images, generator=gen)
+                      max_images=a.max_images, generator=gen, device=a.device,
+                      time_limit_minutes=a.time_limit_minutes)
     trainer = train_gan(cfg, resume=a.resume)
     print(f"trained to {trainer.nimg / 1000:.1f} kimg; generator at {Path(a.out) / 'generator.pt'}")
     return 0
@@ -324,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
+    t.add_argument("--device", default="cpu", help="cpu or cuda (a run started on one resumes on the other)")
+    t.add_argument("--time-limit-minutes", type=float, default=None,
+                   help="stop and checkpoint after this much wall time (for time-boxed sessions)")
     t.set_defaults(func=_cmd_train_gan)
 
     pv = sub.add_parser("preview", help="domain samples with labels and a generator sample grid (seconds)")

@@ -64,3 +64,23 @@ def test_image_folder_skips_corrupt_and_refuses_empty(tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match="no images"):
         load_image_folder(empty, 16)
     assert main(["train-gan", "--data", str(empty), "--out", str(tmp_path / "run")]) == 2
+
+
+def test_time_limit_stops_and_checkpoints(folder, tmp_path):
+    cfg = _cfg(folder, tmp_path, 100.0)
+    cfg.time_limit_minutes = 0.0          # one step, then stop as if the session's time were up
+    tr = train_gan(cfg, show_progress=False)
+    assert tr.step == 1 and tr.nimg == 4
+    state = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)
+    assert state["step"] == 1 and state["train_config"]["time_limit_minutes"] == 0.0
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 1 and np.isfinite(log[-1]["loss_G"])
+
+
+def test_cuda_device_refused_clearly_without_cuda(folder, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = _cfg(folder, tmp_path, 0.016)
+    cfg.device = "cuda"
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        Trainer(cfg)

@@ -50,27 +50,33 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                      # torch threads (0 = torch default)
     max_images: int | None = None         # use at most this many dataset images
+    device: str = "cpu"                   # "cpu" or "cuda" (the run folder is portable between them)
+    time_limit_minutes: float | None = None  # stop (and checkpoint) after this much wall time
     generator: dict = field(default_factory=dict)       # GeneratorConfig fields
     discriminator: dict = field(default_factory=dict)   # DiscriminatorConfig fields
 
 
 def _mixed_ws(G: Generator, batch: int, prob: float) -> torch.Tensor:
-    z = torch.randn(batch, G.cfg.z_dim)
+    dev = G.synthesis.b4.const.device
+    z = torch.randn(batch, G.cfg.z_dim, device=dev)
     ws = G.map(z)
     if prob > 0 and torch.rand([]) < prob:
         cut = int(torch.randint(1, G.num_ws, []))
-        ws2 = G.map(torch.randn(batch, G.cfg.z_dim))
+        ws2 = G.map(torch.randn(batch, G.cfg.z_dim, device=dev))
         ws = torch.cat([ws[:, :cut], ws2[:, cut:]], dim=1)
     return ws
 
 
 def _real_batch(data: torch.Tensor, batch: int, xflip: bool) -> torch.Tensor:
-    idx = torch.randint(0, data.shape[0], (batch,))
+    idx = torch.randint(0, data.shape[0], (batch,), device=data.device)
     x = data[idx].float() / 127.5 - 1
     if xflip:
-        flip = torch.rand(batch) < 0.5
+        flip = torch.rand(batch, device=data.device) < 0.5
         x[flip] = x[flip].flip(3)
     return x
+
+
+LOG_EVERY = 20   # steps between reading losses back from the device
 
 
 class Trainer:
@@ -90,18 +96,25 @@ class Trainer:
         elif resume:
             raise FileNotFoundError(f"--resume given but {state_path} does not exist; start without --resume")
         torch.manual_seed(cfg.seed)
+        self.device = torch.device(cfg.device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError("--device cuda given but torch sees no CUDA device; use --device cpu")
+            torch.backends.cudnn.benchmark = True
         self.G = Generator(GeneratorConfig(**cfg.generator)).train()
         res = self.G.cfg.resolution
         dcfg = {"resolution": res, "channels": {r: c for r, c in self.G.cfg.channels.items()}, **cfg.discriminator}
         self.D = Discriminator(DiscriminatorConfig(**dcfg)).train()
         cfg.generator, cfg.discriminator = self.G.cfg.to_dict(), self.D.cfg.to_dict()
+        self.G.to(self.device)
+        self.D.to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         c_g = self.cfg.pl_interval / (self.cfg.pl_interval + 1) if cfg.pl_weight > 0 else 1.0
         c_d = self.cfg.r1_interval / (self.cfg.r1_interval + 1)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=cfg.lr * c_g, betas=(0.0, 0.99 ** c_g), eps=1e-8)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr * c_d, betas=(0.0, 0.99 ** c_d), eps=1e-8)
         self.step, self.nimg, self.wall = 0, 0, 0.0
-        self.pl_mean = torch.zeros([])
+        self.pl_mean = torch.zeros([], device=self.device)
         if state is not None:
             self.G.load_state_dict(state["G"])
             self.D.load_state_dict(state["D"])
@@ -109,38 +122,38 @@ class Trainer:
             self.opt_G.load_state_dict(state["opt_G"])
             self.opt_D.load_state_dict(state["opt_D"])
             self.step, self.nimg, self.wall = state["step"], state["nimg"], state["wall"]
-            self.pl_mean = state["pl_mean"]
+            self.pl_mean = state["pl_mean"].to(self.device)
             torch.set_rng_state(state["rng"])
         self.grid_z = torch.randn(32, self.G.cfg.z_dim, generator=torch.Generator().manual_seed(1234))
 
     # -- one iteration ------------------------------------------------------------------------
-    def _d_step(self, real: torch.Tensor) -> dict[str, float]:
+    def _d_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         with torch.no_grad():
             fake = self.G.synthesis(_mixed_ws(self.G, cfg.batch, cfg.style_mixing), noise_mode="random")
         logits_fake = self.D(augment(fake, cfg.augment))
         logits_real = self.D(augment(real, cfg.augment))
         loss = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
-        out = {"loss_D": loss.item(), "real": logits_real.mean().item(), "fake": logits_fake.mean().item()}
+        out = {"loss_D": loss.detach(), "real": logits_real.mean().detach(), "fake": logits_fake.mean().detach()}
         if self.step % cfg.r1_interval == 0:
             r = real.detach().requires_grad_(True)
             logits = self.D(augment(r, cfg.augment))
             (grad,) = torch.autograd.grad(logits.sum(), r, create_graph=True)
             r1 = grad.square().sum(dim=[1, 2, 3]).mean()
             loss = loss + r1 * (cfg.r1_gamma / 2) * cfg.r1_interval
-            out["r1"] = r1.item()
+            out["r1"] = r1.detach()
         self.opt_D.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_D.step()
         return out
 
-    def _g_step(self) -> dict[str, float]:
+    def _g_step(self) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         self.D.requires_grad_(False)
         ws = _mixed_ws(self.G, cfg.batch, cfg.style_mixing)
         fake = self.G.synthesis(ws, noise_mode="random")
         loss = F.softplus(-self.D(augment(fake, cfg.augment))).mean()
-        out = {"loss_G": loss.item()}
+        out = {"loss_G": loss.detach()}
         if cfg.pl_weight > 0 and self.step % cfg.pl_interval == 0:
             half = max(cfg.batch // 2, 1)
             ws_pl = _mixed_ws(self.G, half, 0.0).requires_grad_(True)
@@ -151,7 +164,7 @@ class Trainer:
             self.pl_mean = self.pl_mean.lerp(lengths.mean().detach(), 0.01)
             pl = (lengths - self.pl_mean).square().mean()
             loss = loss + pl * cfg.pl_weight * cfg.pl_interval
-            out["pl"] = pl.item()
+            out["pl"] = pl.detach()
         self.opt_G.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_G.step()
@@ -163,8 +176,8 @@ class Trainer:
         cfg = self.cfg
         ema_nimg = min(cfg.ema_kimg * 1000, self.nimg * cfg.ema_rampup) if cfg.ema_rampup else cfg.ema_kimg * 1000
         beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        # One fused multi-tensor update (p_ema ← p + β·(p_ema − p)) instead of a kernel per parameter.
+        torch._foreach_lerp_(list(self.G_ema.parameters()), [p.detach() for p in self.G.parameters()], 1.0 - beta)
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
             b_ema.copy_(b)
 
@@ -173,7 +186,7 @@ class Trainer:
         kimg = self.nimg / 1000
         state = {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
                  "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "step": self.step,
-                 "nimg": self.nimg, "wall": self.wall, "pl_mean": self.pl_mean, "rng": torch.get_rng_state(),
+                 "nimg": self.nimg, "wall": self.wall, "pl_mean": self.pl_mean.cpu(), "rng": torch.get_rng_state(),
                  "train_config": asdict(self.cfg)}
         tmp = self.out / "state.pt.tmp"
         torch.save(state, tmp)
@@ -182,41 +195,53 @@ class Trainer:
         save_generator(self.G_ema, self.out / "generator.pt", meta=meta)
         save_generator(self.G_ema, self.out / "snapshots" / f"G_ema-kimg{kimg:07.1f}.pt", meta=meta)
         with torch.no_grad():
-            grid = self.G_ema(self.grid_z, noise_mode="const")
+            grid = self.G_ema(self.grid_z.to(self.device), noise_mode="const").cpu()
         save_grid(to_uint8(grid), self.out / f"grid-kimg{kimg:07.1f}.png", cols=8, scale=2)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps({"kimg": round(kimg, 2), "step": self.step, "wall_s": round(self.wall, 1),
                                 **{k: round(v, 4) for k, v in stats.items()}}) + "\n")
 
     def run(self, data: torch.Tensor, show_progress: bool = True) -> None:
-        """Train on uint8 images [N, 3, res, res] until total_kimg; checkpoint on time and at the end."""
+        """Train on uint8 images [N, 3, res, res] until total_kimg (or the time limit); checkpoint on
+        time and at the end. Losses are read back every ``LOG_EVERY`` steps (one device sync)."""
         cfg = self.cfg
         res = self.G.cfg.resolution
         if data.shape[1:] != (self.G.cfg.img_channels, res, res):
             raise ValueError(f"training images must be [N, {self.G.cfg.img_channels}, {res}, {res}], "
                              f"got {list(data.shape)}")
+        data = data.to(self.device)
         total = int(cfg.total_kimg * 1000)
-        last_ckpt = time.time()
+        started = last_ckpt = time.time()
         stats: dict[str, float] = {}
+        pending: dict[str, torch.Tensor] = {}
         bar = tqdm(total=total, initial=self.nimg, unit="img", disable=not show_progress, smoothing=0.05)
+        t_window, n_window = time.time(), 0
         try:
             while self.nimg < total:
                 t0 = time.time()
-                stats.update(self._d_step(_real_batch(data, cfg.batch, cfg.xflip)))
-                stats.update(self._g_step())
+                pending.update(self._d_step(_real_batch(data, cfg.batch, cfg.xflip)))
+                pending.update(self._g_step())
                 self.step += 1
                 self.nimg += cfg.batch
+                n_window += cfg.batch
                 self._ema()
-                dt = time.time() - t0
-                self.wall += dt
-                stats["img_per_s"] = cfg.batch / dt
+                if self.step % LOG_EVERY == 0:
+                    stats.update({k: float(v) for k, v in pending.items()})   # syncs the device once
+                    now = time.time()
+                    stats["img_per_s"] = n_window / max(now - t_window, 1e-9)
+                    t_window, n_window = now, 0
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()
+                                     if k in ("loss_D", "loss_G", "r1", "img_per_s")})
+                self.wall += time.time() - t0
                 bar.update(cfg.batch)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items() if k in ("loss_D", "loss_G", "r1", "img_per_s")})
                 if time.time() - last_ckpt >= cfg.checkpoint_minutes * 60:
                     self.checkpoint(stats)
                     last_ckpt = time.time()
+                if cfg.time_limit_minutes is not None and time.time() - started >= cfg.time_limit_minutes * 60:
+                    break
         finally:
             bar.close()
+            stats.update({k: float(v) for k, v in pending.items()})
             self.checkpoint(stats)
 
 
