@@ -17,11 +17,18 @@ from redis.exceptions import RedisError
 
 from .backend import Backend, parse_project_id
 from .brush import LabelConfigError
+from .client import LabelStudioError
 from .config import Settings
 from .store import RedisKeys, model_version_name
 
 log = logging.getLogger(__name__)
-TRAINING_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED", "START_TRAINING"}
+# ANNOTATIONS_CREATED (plural) comes from the Data Manager's "Create annotations from predictions",
+# i.e. reviewers accepting pre-labels in bulk.
+TRAINING_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED",
+                    "START_TRAINING"}
+# Label Studio sends its ML webhooks without credentials (only the ML API client sends basic auth), so
+# /webhook stays open: it only records an event and queues a fit that reads Label Studio with our own token.
+OPEN_PATHS = {"/health", "/webhook"}
 EVENTS_KEPT = 100_000
 
 
@@ -49,7 +56,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.before_request
     def _auth():
-        if not settings.basic_auth_user or request.path == "/health":
+        if not settings.basic_auth_user or request.path in OPEN_PATHS:
             return None
         auth = request.authorization
         ok = (auth is not None and auth.type == "basic"
@@ -77,6 +84,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             return jsonify(get_backend().setup(project, body.get("schema")))
         except (ValueError, LabelConfigError) as e:
             return _error(400, str(e))
+        except LabelStudioError as e:
+            return _error(502, str(e))
 
     @app.post("/predict")
     def predict():
@@ -90,6 +99,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             return _error(400, str(e))
         except ValueError as e:
             return _error(400, str(e))
+        except LabelStudioError as e:
+            return _error(502, str(e))
         if leftover:
             from .jobs import enqueue_predictions
 
@@ -97,8 +108,10 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                 enqueue_predictions(settings, get_redis(), project, leftover, label_config)
             except RedisError as e:
                 log.error("could not queue %d leftover predictions: %s", len(leftover), e)
+            # No "result" key: Label Studio skips these entries instead of storing an empty prediction,
+            # so the job's imported prediction is the task's only one.
             version = entries[0]["model_version"] if entries else model_version_name(0)
-            entries += [{"result": [], "score": 0.0, "model_version": version} for _ in leftover]
+            entries += [{"model_version": version, "status": "queued"} for _ in leftover]
         return jsonify({"results": entries})
 
     @app.post("/webhook")

@@ -183,6 +183,8 @@ class Backend:
         budget = self.settings.predict_budget_s if budget_s is None else budget_s
         t0 = time.time()
         version, interp = self.interpreter(project)
+        if interp is None:   # nothing to predict with: say so at once, without fetching any image
+            return [{"result": [], "score": 0.0, "model_version": model_version_name(0)} for _ in tasks], []
         entries: list[dict] = []
         leftover: list[int] = []
         batch = 8
@@ -190,7 +192,7 @@ class Backend:
         for start in range(0, len(tasks), batch):
             chunk = tasks[start:start + batch]
             elapsed = time.time() - t0
-            if interp is not None and per_task is not None and elapsed + per_task * len(chunk) > budget:
+            if per_task is not None and elapsed + per_task * len(chunk) > budget:
                 leftover = [int(t["id"]) for t in tasks[start:]]
                 break
             items, bad = [], {}
@@ -203,7 +205,8 @@ class Backend:
             done = iter(self.predict_items(project, items, label_map)) if items else iter(())
             for t in chunk:
                 if int(t.get("id", -1)) in bad:
-                    entries.append({"result": [], "score": 0.0, "model_version": model_version_name(version)})
+                    # No "result": Label Studio stores nothing and asks again once the image is fixed.
+                    entries.append({"model_version": model_version_name(version), "error": bad[int(t.get("id", -1))]})
                 else:
                     entries.append(next(done))
             per_task = (time.time() - t0) / len(entries)
@@ -226,6 +229,9 @@ class Backend:
                 mask = results_to_mask(annotation.get("result") or [], label_map, *item.image.shape[:2])
             except ValueError as e:
                 log.warning("project %s task %s skipped: %s", project, task.get("id"), e)
+                continue
+            if not mask.any():
+                log.warning("project %s task %s skipped: its annotation paints no brush label", project, task.get("id"))
                 continue
             if mask.shape != item.image.shape[:2]:
                 log.warning("task %s: mask %s does not match image %s; skipped", task["id"], mask.shape, item.image.shape)

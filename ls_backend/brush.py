@@ -73,14 +73,20 @@ def results_to_mask(results: list[dict], label_map: LabelMap, height: int | None
     Raises ValueError when the annotation has no brush result and no size is given."""
     from label_studio_sdk.converter.brush import decode_rle
 
-    brush = [r for r in results if r.get("type") == "brushlabels" and r.get("from_name") == label_map.from_name]
+    brush = [r for r in results if isinstance(r, dict) and r.get("type") == "brushlabels"
+             and r.get("from_name") == label_map.from_name]
+    try:
+        sizes = [(int(r["original_height"]), int(r["original_width"])) for r in brush]
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"a brush result lacks a valid original_height/original_width ({e!r}); "
+                         "Label Studio writes both on every brush result") from e
     if brush:
-        height, width = int(brush[0]["original_height"]), int(brush[0]["original_width"])
+        height, width = sizes[0]
     if height is None or width is None:
         raise ValueError("the annotation has no brush results for "
                          f"{label_map.from_name!r} and the image size is unknown")
     mask = np.zeros((height, width), np.uint8)
-    for r in brush:
+    for r, (h, w) in zip(brush, sizes):
         value = r.get("value", {})
         names = value.get("brushlabels") or []
         if not names:
@@ -88,7 +94,6 @@ def results_to_mask(results: list[dict], label_map: LabelMap, height: int | None
         cid = label_map.class_id(names[0])
         if value.get("format", "rle") != "rle" or "rle" not in value:
             raise ValueError(f"brush result {r.get('id')!r} is not RLE-encoded; only format 'rle' is supported")
-        h, w = int(r["original_height"]), int(r["original_width"])
         if (h, w) != (height, width):
             raise ValueError(f"brush results of one annotation disagree on the image size: {h}x{w} vs {height}x{width}")
         alpha = np.asarray(decode_rle(value["rle"]), np.uint8).reshape(h, w, 4)[:, :, 3]

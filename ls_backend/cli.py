@@ -449,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--quick", action="store_true", help="quality: a smoke run of minutes instead of about an hour")
     b.add_argument("--out-dir", default=None, help="quality: write quality.json and quality.md here")
+    b.add_argument("--unet-steps", type=int, default=None, help="quality: U-Net training steps (default 1500)")
     b.set_defaults(func=_cmd_bench)
     return p
 

@@ -52,9 +52,14 @@ class LabelStudioClient:
         return self._call(f"GET project {project}", self.ls.projects.get, id=project).label_config
 
     def iter_tasks(self, project: int, only_annotated: bool = False) -> Iterator[dict]:
-        pager = self._call(f"GET tasks of project {project}", self.ls.tasks.list, project=project, fields="all",
+        what = f"GET tasks of project {project}"
+        pager = self._call(what, self.ls.tasks.list, project=project, fields="all",
                            only_annotated=only_annotated or None, page_size=200)
-        for task in pager:
+        it = iter(pager)
+        while True:   # later pages are fetched lazily: their errors get the same translation
+            task = self._call(what, next, it, None)
+            if task is None:
+                return
             yield _plain(task)
 
     def annotated_tasks(self, project: int) -> list[tuple[dict, dict]]:

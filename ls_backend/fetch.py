@@ -37,6 +37,11 @@ def decode_image(data: bytes, max_pixels: int, source: str = "image") -> np.ndar
         raise ImageFetchError(f"{source}: not a readable image ({type(e).__name__}: {e})") from e
 
 
+# Paths Label Studio itself serves (uploads, local files, cloud-storage proxy/presign, API): joined to
+# LABEL_STUDIO_URL. Any other bare path is a local file and must lie under DGAN_ALLOWED_ROOTS.
+LABEL_STUDIO_PATHS = ("/data/", "/tasks/", "/api/", "/storage-data/", "/projects/")
+
+
 def _under(path: Path, roots: list[Path]) -> bool:
     path = path.resolve()
     return any(path == r or r in path.parents for r in roots)
@@ -55,7 +60,8 @@ def fetch_image_bytes(url: str, ls_url: str, headers: dict[str, str], allowed_ro
             raise ImageFetchError(f"malformed data URI ({e})") from e
     parsed = urlparse(url)
     ls = urlparse(ls_url)
-    if parsed.scheme in ("", "file") and not parsed.netloc and not url.startswith("/data/"):
+    if parsed.scheme == "file" or (parsed.scheme == "" and not parsed.netloc
+                                    and not parsed.path.startswith(LABEL_STUDIO_PATHS)):
         path = Path(unquote(parsed.path))
         if not allowed_roots or not _under(path, allowed_roots):
             raise ImageFetchError(f"local image {str(path)!r} is outside the allowed folders "

@@ -57,6 +57,11 @@ def enqueue_fit(settings: Settings, conn: Redis, project: int) -> str:
     return job.id
 
 
+def fit_lock(conn: Redis, project: int):
+    """The project's fit lock. thread_local=False: the heartbeat thread must see the token to extend it."""
+    return conn.lock(RedisKeys.fit_lock(project), timeout=LOCK_TTL_S, blocking=False, thread_local=False)
+
+
 class _Heartbeat:
     """Keeps a Redis lock alive while this process works; a killed worker's lock expires in LOCK_TTL_S."""
 
@@ -83,7 +88,7 @@ def fit_project(project: int) -> dict:
     """RQ job: fit until the project's fitted_seq has caught up with its event_seq."""
     backend = get_backend()
     conn = redis_from_settings(backend.settings)
-    lock = conn.lock(RedisKeys.fit_lock(project), timeout=LOCK_TTL_S, blocking=False)
+    lock = fit_lock(conn, project)
     fits: list[dict] = []
 
     def behind() -> bool:

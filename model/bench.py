@@ -169,18 +169,26 @@ def bench_synthesis(generator: str | None = None, interpreter: str | None = None
             "ratio": round(t_bare / t_lab, 3), "members": interp.cfg.members, "machine": machine()}
 
 
-def bench_quality(generator: str | None = None, quick: bool = False, out_dir: str | None = None) -> dict:
-    """The DatasetGAN comparison table (see model/quality_table.py); ``quick`` is a minutes-long smoke run."""
+def bench_quality(generator: str | None = None, quick: bool = False, out_dir: str | None = None,
+                  unet_steps: int | None = None) -> dict:
+    """The DatasetGAN comparison table (see model/quality_table.py); ``quick`` is a minutes-long smoke run.
+    With ``out_dir`` the table so far is written after every draw, and the whole table at the end."""
     from .generator.default import load_default_or, load_encoder_for
     from .quality_table import QualitySettings, run_quality, write
 
     G = load_default_or(generator)
     settings = QualitySettings.quick() if quick else QualitySettings()
-    report = run_quality(G, load_encoder_for(G), settings, log=lambda m: print(m, file=sys.stderr))
-    report["machine"] = machine()
-    if out_dir:
-        write(report, out_dir)
-    return report
+    if unet_steps:
+        settings.unet_steps = unet_steps
+
+    def save(report: dict) -> None:
+        if out_dir:
+            write({**report, "machine": machine()}, out_dir)
+
+    report = run_quality(G, load_encoder_for(G), settings, log=lambda m: print(m, file=sys.stderr),
+                         on_partial=save)
+    save(report)
+    return {**report, "machine": machine()}
 
 
 BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
@@ -188,7 +196,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "interpreter": lambda a: bench_interpreter(a.generator),
     "inversion": lambda a: bench_inversion(a.generator),
     "synthesis": lambda a: bench_synthesis(a.generator),
-    "quality": lambda a: bench_quality(a.generator, a.quick, a.out_dir),
+    "quality": lambda a: bench_quality(a.generator, a.quick, a.out_dir, a.unet_steps),
 }
 
 

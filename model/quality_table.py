@@ -59,8 +59,12 @@ def _summ(values: list[float]) -> dict:
             "runs": [round(v, 2) for v in values]}
 
 
-def run_quality(G: Generator, enc: LatentEncoder | None, s: QualitySettings, log=print) -> dict:
-    """Run the whole table; returns {"settings", "methods": {name: {miou_mean, miou_std, runs}}, "seconds"}."""
+def run_quality(G: Generator, enc: LatentEncoder | None, s: QualitySettings, log=print,
+                on_partial=None) -> dict:
+    """Run the whole table; returns {"settings", "methods": {name: {miou_mean, miou_std, runs}}, "seconds"}.
+
+    ``on_partial(report)``, if given, receives the table so far after every draw (an hour-long run
+    leaves its finished draws behind when it is stopped)."""
     t0 = time.time()
     res, n_cls, classes = G.cfg.resolution, len(CLASSES), list(CLASSES)
     test_img, test_lab = render_batch(s.n_test, seed=1000 + s.seed, size=res)
@@ -69,6 +73,10 @@ def run_quality(G: Generator, enc: LatentEncoder | None, s: QualitySettings, log
     test_ws = _invert_all(G, enc, test_img, s.inversion_steps)
     sh_ws = _invert_all(G, enc, sh_img, s.inversion_steps)
     scores: dict[str, list[float]] = {}
+
+    def report(done: bool) -> dict:
+        return {"settings": dict(s.__dict__), "methods": {k: _summ(v) for k, v in scores.items()},
+                "seconds": round(time.time() - t0, 1), "complete": done}
 
     def add(name: str, value: float) -> None:
         scores.setdefault(name, []).append(100 * value)
@@ -92,14 +100,14 @@ def run_quality(G: Generator, enc: LatentEncoder | None, s: QualitySettings, log
             model = train_segmenter(syn_img, syn_lab, n_cls, steps=s.unet_steps, seed=draw).model
             add(f"unet_synthetic_{n_syn}", mean_iou(predict(model, test_img), test_lab, n_cls))
             add(f"unet_synthetic_{n_syn}_shifted", mean_iou(predict(model, sh_img), sh_lab, n_cls))
+        if on_partial is not None:
+            on_partial(report(False))
     log("ceiling")
     ceil_img, ceil_lab = render_batch(s.n_ceiling, seed=3000 + s.seed, size=res)
     ceiling = train_segmenter(ceil_img, ceil_lab, n_cls, steps=s.unet_steps).model
     add(f"unet_{s.n_ceiling}_real", mean_iou(predict(ceiling, test_img), test_lab, n_cls))
     add(f"unet_{s.n_ceiling}_real_shifted", mean_iou(predict(ceiling, sh_img), sh_lab, n_cls))
-    settings = {k: v for k, v in s.__dict__.items()}
-    return {"settings": settings, "methods": {k: _summ(v) for k, v in scores.items()},
-            "seconds": round(time.time() - t0, 1)}
+    return report(True)
 
 
 def to_markdown(report: dict) -> str:

@@ -144,6 +144,21 @@ def test_predict_untrained_then_trained(env):
     assert np.array_equal(decoded[5], label_latents(G, interp, cached[None])[1].labels[0])
     assert client.get("/versions").get_json() == {"versions": ["dgan-v1"]}
 
+    # A foreign-host image gets an entry without "result" (Label Studio stores nothing and asks again
+    # later), the others are answered in order.
+    bad = {**body, "tasks": [tasks[0], {"id": 999, "data": {"image": "http://evil.example/x.png"}}, tasks[1]]}
+    r = client.post("/predict", json=bad).get_json()["results"]
+    assert "result" not in r[1] and "evil.example" in r[1]["error"]
+    assert np.array_equal(_decode(r[0], lm), exact[0]) and np.array_equal(_decode(r[2], lm), exact[1])
+
+    # Over the time budget: the first batch is answered, the rest get no-"result" entries (no empty
+    # predictions stored) and are queued for the job that imports them.
+    backend.settings.predict_budget_s = 0.0
+    many = {**body, "tasks": tasks[:5] * 3}
+    r = client.post("/predict", json=many).get_json()["results"]
+    assert len(r) == 15 and all("result" in e for e in r[:8])
+    assert [e.get("status") for e in r[8:]] == ["queued"] * 7 and not any("result" in e for e in r[8:])
+
 
 def test_predict_bad_image_and_basic_auth(env):
     settings, backend, _, _ = env
@@ -158,3 +173,13 @@ def test_predict_bad_image_and_basic_auth(env):
     r = client.post("/predict", json=body, headers=good)
     assert r.status_code == 200 and [e["result"] for e in r.get_json()["results"]] == [[], []]
     assert client.get("/health").status_code == 200            # health stays open for monitoring
+    # Label Studio sends webhooks without credentials: /webhook stays open and records the event.
+    r = client.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 7}})
+    assert r.status_code == 201 and r.get_json()["queued_fit"] is True
+
+
+def test_label_studio_unreachable_is_a_clear_502(env):
+    _, _, client, _ = env
+    # No label_config in the body: the app asks Label Studio (http://127.0.0.1:9, nothing listens).
+    r = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "data:,x"}}], "project": "7.1"})
+    assert r.status_code == 502 and "127.0.0.1:9" in r.get_json()["error"]

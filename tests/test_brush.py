@@ -54,3 +54,11 @@ def test_unknown_labels_and_foreign_results_are_refused():
     with pytest.raises(LabelConfigError, match="result targets 'other'"):
         validate_results(results, lm)
     assert results_to_mask([], lm, 3, 5).shape == (3, 5)       # an empty annotation is all background
+
+
+def test_brush_result_without_size_is_bad_input_not_a_crash():
+    lm = parse_label_config(CONFIG)
+    results = mask_to_results(np.ones((4, 4), np.uint8), lm)
+    del results[0]["original_height"]
+    with pytest.raises(ValueError, match="original_height/original_width"):
+        results_to_mask(results, lm)

@@ -41,6 +41,12 @@ def test_fetch_refuses_foreign_hosts_and_paths(tmp_path):
     assert decode_image(fetch_image_bytes(uri, ls, {}, []), 10**6).shape == (6, 8, 3)
     with pytest.raises(ImageFetchError, match="cannot reach Label Studio"):
         fetch_image_bytes("/data/upload/1/x.png", "http://127.0.0.1:9", {}, [], timeout=2)
+    # Cloud-storage tasks: Label Studio's proxy/presign paths go to Label Studio, not the local disk.
+    for path in ("/tasks/5/resolve/?fileuri=czM6Ly9iL3gucG5n", "/api/projects/1/presign/?fileuri=x"):
+        with pytest.raises(ImageFetchError, match="cannot reach Label Studio"):
+            fetch_image_bytes(path, "http://127.0.0.1:9", {}, [tmp_path], timeout=2)
+    with pytest.raises(ImageFetchError, match="outside the allowed folders"):
+        fetch_image_bytes("file:///etc/passwd", ls, {}, [tmp_path])
 
 
 def test_decode_refuses_bombs_and_junk():

@@ -2,6 +2,8 @@
 defers; a crash leaves the project behind so the retry fits again. (Fitting itself is covered by
 tests/e2e against Label Studio; here `fit` only records calls.)"""
 
+import time
+
 import pytest
 import redis
 from rq.registry import ScheduledJobRegistry
@@ -71,3 +73,15 @@ def test_held_lock_defers_and_crash_leaves_project_behind(setup):
     assert not conn.exists(RedisKeys.fit_lock(5))                              # and the lock is free
     mp.setattr(jobs, "_backend", backend)
     assert len(jobs.fit_project(5)["fits"]) == 1 and int(conn.get(RedisKeys.fitted_seq(5))) == 3
+
+
+def test_heartbeat_keeps_the_fit_lock_past_its_ttl(setup):
+    _, conn, monkeypatch = setup
+    monkeypatch.setattr(jobs, "LOCK_TTL_S", 0.6)
+    lock = jobs.fit_lock(conn, 42)
+    assert lock.acquire(blocking=False)
+    with jobs._Heartbeat(lock):
+        time.sleep(1.5)                      # 2.5 TTLs: without renewals the lock would be gone
+        assert lock.owned() and conn.pttl(RedisKeys.fit_lock(42)) > 0
+    lock.release()
+    assert not conn.exists(RedisKeys.fit_lock(42))
