@@ -32,9 +32,20 @@ install_label_studio() {
     [ -x .venv-ls/bin/label-studio ] || { echo "label-studio installation failed" >&2; exit 1; }
   fi
 }
+ensure_redis() {
+  # The backend and end-to-end tests talk to a real Redis: start one if none answers on 6379.
+  if ! (command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG); then
+    command -v redis-server >/dev/null || { echo "Redis is needed: install redis-server (apt-get install redis-server)" >&2; exit 1; }
+    echo "starting redis-server on 127.0.0.1:6379 ..." >&2
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no --dir /tmp \
+      --logfile /tmp/dgan-redis.log
+    for _ in $(seq 50); do redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG && break; sleep 0.2; done
+  fi
+}
 case "$cmd" in
   demo) install_label_studio; exec "$VENV/bin/dgan" demo "$@" ;;
   test)
+    ensure_redis
     if [ "$#" -eq 0 ]; then
       install_label_studio
       exec "$VENV/bin/python" -m pytest -m "slow or not slow" -q

@@ -75,10 +75,23 @@ def _cmd_preview(a: argparse.Namespace) -> int:
     print("[2/3] loading the shipped default generator ...")
     G = load_default_or(a.generator)
     print(f"      {G.cfg.resolution}px StyleGAN2, {num_params(G) / 1e6:.2f}M parameters")
-    print(f"[3/3] sampling {a.n} images ...")
+    print(f"[3/3] sampling {a.n} images, and labeling 8 with the interpreter ...")
     save_grid(to_uint8(G.sample(a.n, seed=a.seed)), out / "generator-grid.png", cols=8, scale=2)
+    names = ["domain-grid.png", "domain-labels.png", "generator-grid.png"]
+    try:
+        from model.generator.default import load_interpreter_for
+        from model.synthesis import generate_chunk
+
+        interp = load_interpreter_for(G, a.interpreter)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"      no synthesized-labels panel: {e}")
+    else:
+        samples = generate_chunk(G, interp, list(range(a.seed, a.seed + 8)))
+        rows = preview_rows(np.stack([x.image for x in samples]), np.stack([x.labels for x in samples]))
+        save_grid(rows, out / "synthesis-labels.png", cols=6, scale=3)
+        names.append("synthesis-labels.png")
     print(f"done in {time.time() - t0:.1f}s:")
-    for name in ("domain-grid.png", "domain-labels.png", "generator-grid.png"):
+    for name in names:
         print(f"  {out / name}")
     return 0
 
@@ -335,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--n", type=int, default=32)
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("--generator", default=None)
+    pv.add_argument("--interpreter", default=None, help="for the synthesized-labels panel (default: the shipped one)")
     pv.set_defaults(func=_cmd_preview)
 
     d = sub.add_parser("demo", help="the whole loop in a local Label Studio: annotate, train, pre-annotate, push, "

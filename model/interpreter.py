@@ -16,6 +16,7 @@ H(mean p) − mean H(p), and a per-image score (mean of the top 10% pixel uncert
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -112,6 +113,14 @@ def balanced_pixel_sample(labels: torch.Tensor, per_class: int, n_classes: int,
     return torch.cat(picks), torch.cat(weights)
 
 
+@functools.lru_cache(maxsize=32)
+def upsample_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """float32 [size_out, size_in]: 1-D linear interpolation exactly as F.interpolate(mode="bilinear",
+    align_corners=False) does per axis, so that up(P) = U·P·Uᵀ for a [size_in, size_in] map P."""
+    eye = torch.eye(size_in).unsqueeze(0)                                        # [1, in (channels), in]
+    return F.interpolate(eye, size=size_out, mode="linear", align_corners=False)[0].t().contiguous()
+
+
 def remove_small_regions(labels: np.ndarray, min_px: int) -> np.ndarray:
     """Reset 4-connected regions smaller than ``min_px`` pixels to background (class 0). uint8 [..., H, W]."""
     if min_px <= 1:
@@ -205,18 +214,34 @@ class Interpreter:
         if offset != cfg.in_dim:
             raise ValueError(f"maps hold {offset} channels, the interpreter expects {cfg.in_dim}")
         h = by_res.pop(out_size, None)
-        for part in by_res.values():
-            up = F.interpolate(part.permute(0, 3, 1, 2), size=(out_size, out_size), mode="bilinear",
-                               align_corners=False).permute(0, 2, 3, 1)
+        if by_res:
+            # Bilinear upsampling is separable and linear: up(P) = U·P·Uᵀ with U [out, r]. Along x one
+            # matmul per resolution, then along y ONE matmul over all resolutions stacked, which also sums
+            # them — a few GEMMs instead of full-size interpolation passes (the slowest op here).
+            cols = [torch.matmul(upsample_matrix(r, out_size), part) for r, part in by_res.items()]  # [N, r, W, C]
+            u_cat = torch.cat([upsample_matrix(r, out_size) for r in by_res], dim=1)                  # [H, Σr]
+            stacked = torch.cat(cols, dim=1)                                                          # [N, Σr, W, C]
+            c = stacked.shape[-1]
+            up = torch.matmul(u_cat, stacked.reshape(n, -1, out_size * c)).reshape(n, out_size, out_size, c)
             h = up if h is None else h.add_(up)
-        # [N, H, W, E·h1] → [E, N·H·W, h1], then the remaining layers as in EnsembleMLP.forward.
-        h = h.reshape(-1, e, h1).permute(1, 0, 2) + self.model.biases[0]
+        # Bias and ReLU in place on [N·H·W, E, h1]; the members' batch is a strided view (no transposed
+        # copy of the largest tensor), and eval-mode BatchNorm is folded into the next layer's weights.
+        h = h.reshape(-1, e, h1).add_(self.model.biases[0].reshape(1, e, h1)).clamp_min_(0).permute(1, 0, 2)
         for i in range(1, len(self.model.weights)):
-            h = F.relu(h)
-            ee, b, c = h.shape
-            h = self.model.norms[i - 1](h.permute(1, 0, 2).reshape(b, ee * c)).reshape(b, ee, c).permute(1, 0, 2)
-            h = torch.baddbmm(self.model.biases[i], h, self.model.weights[i])
+            if i > 1:
+                h = h.clamp_min(0)
+            weight, bias = self._folded_layer(i)
+            h = torch.baddbmm(bias, h, weight)
         return self._summarise(F.softmax(h, dim=-1), n, out_size, out_size)
+
+    def _folded_layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's weights [E, c, c'] and bias [E, 1, c'] with the preceding eval-mode BatchNorm folded in:
+        BN(x)·W + b = x·(s⊙W) + (t·W + b), s = γ/√(var+ε), t = β − mean·s."""
+        bn, w, b = self.model.norms[i - 1], self.model.weights[i], self.model.biases[i]
+        e, c, _ = w.shape
+        scale = bn.weight / (bn.running_var + bn.eps).sqrt()
+        shift = (bn.bias - bn.running_mean * scale).reshape(e, 1, c)
+        return scale.reshape(e, c, 1) * w, torch.baddbmm(b, shift, w)
 
     def _summarise(self, p: torch.Tensor, n: int, hgt: int, wid: int) -> Prediction:
         """Member probabilities [E, N·H·W, C] → :class:`Prediction`."""

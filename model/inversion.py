@@ -116,8 +116,12 @@ class LatentEncoder:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Float weights stored as fp16 (half the size; the start it gives is refined by optimisation anyway).
+        state = {k: v.half() if v.is_floating_point() else v for k, v in self.encoder.state_dict().items()}
+        tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save({"format": "dgan-encoder", "config": asdict(self.encoder.cfg), "generator_id": self.generator_id,
-                    "state_dict": self.encoder.state_dict(), "meta": self.meta}, path)
+                    "state_dict": state, "meta": self.meta}, tmp)
+        tmp.replace(path)
         return path
 
     @classmethod
@@ -129,13 +133,42 @@ class LatentEncoder:
             raise ValueError(f"{path} was trained for generator {data['generator_id']}, not {gen_id}; "
                              "train one for this generator with `dgan train-encoder`")
         enc = Encoder(EncoderConfig(**data["config"]))
-        enc.load_state_dict(data["state_dict"])
+        enc.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()})
         return cls(enc.eval(), data["generator_id"], data.get("meta"))
 
     @torch.no_grad()
     def __call__(self, G: Generator, images: torch.Tensor) -> torch.Tensor:
         """images float32 [N, 3, R, R] in [-1, 1] → W+ float32 [N, num_ws, w_dim]."""
         return self.encoder(images) + G.mapping.w_avg
+
+
+class DiscriminatorFeatureLoss:
+    """A perceptual loss needing no download: the GAN's own discriminator's early feature maps.
+
+    Features after ``fromrgb`` and the first ``blocks`` blocks (64 px: 64², 32², 16²), each unit-normalised
+    over channels as LPIPS does; the loss per image is the mean over pixels of the squared distance between
+    the unit vectors (in [0, 4]), summed over layers and images, times ``weight``.
+    ``__call__(img, target)``: float32 [N, 3, R, R] in [-1, 1] each → scalar."""
+
+    def __init__(self, D: nn.Module, blocks: int = 2, weight: float = 0.05) -> None:
+        self.D = D.eval().requires_grad_(False)
+        self.blocks, self.weight = blocks, weight
+        self._cache: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = self.D.fromrgb(x)
+        out = [h]
+        for block in list(self.D.blocks)[:self.blocks]:
+            h = block(h)
+            out.append(h)
+        return [f / (f.square().sum(1, keepdim=True) + 1e-10).sqrt() for f in out]
+
+    def __call__(self, img: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self._cache is None or self._cache[0] is not target:
+            with torch.no_grad():
+                self._cache = (target, self.features(target))
+        loss = sum((a - b).square().sum(1).mean(dim=[1, 2]).sum() for a, b in zip(self.features(img), self._cache[1]))
+        return self.weight * loss
 
 
 def invert(G: Generator, images: torch.Tensor, encoder: LatentEncoder | None = None, steps: int = 30,

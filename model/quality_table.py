@@ -92,9 +92,11 @@ def run_quality(G: Generator, enc: LatentEncoder | None, s: QualitySettings, log
                                   InterpreterConfig(in_dim=0, n_classes=n_cls, members=s.members), seed=draw)
         add("interpreter_inversion", mean_iou(label_latents(G, interp, test_ws)[1].labels, test_lab, n_cls))
         add("interpreter_inversion_shifted", mean_iou(label_latents(G, interp, sh_ws)[1].labels, sh_lab, n_cls))
+        # Seeds draw·10⁶ + i: every size's seed range is a prefix of the largest one, so synthesize once.
+        n_seeds = {n: int(n / (1 - s.filter_frac) + 0.5) for n in s.synthetic_sizes}
+        pool = generate_chunk(G, interp, list(range(draw * 10**6, draw * 10**6 + max(n_seeds.values()))))
         for n_syn in s.synthetic_sizes:
-            seeds = list(range(draw * 10**6, draw * 10**6 + int(n_syn / (1 - s.filter_frac) + 0.5)))
-            samples = keep_most_certain(generate_chunk(G, interp, seeds), s.filter_frac)[:n_syn]
+            samples = keep_most_certain(pool[:n_seeds[n_syn]], s.filter_frac)[:n_syn]
             syn_img = np.stack([x.image for x in samples])
             syn_lab = np.stack([x.labels for x in samples])
             model = train_segmenter(syn_img, syn_lab, n_cls, steps=s.unet_steps, seed=draw).model

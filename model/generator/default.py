@@ -15,6 +15,7 @@ DEFAULT_DIR = Path(__file__).with_name("shipped")
 DEFAULT_CHECKPOINT = DEFAULT_DIR / "generator.pt"
 DEFAULT_ENCODER = DEFAULT_DIR / "encoder.pt"
 DEFAULT_INTERPRETER = DEFAULT_DIR / "interpreter.pt"
+DEFAULT_DISCRIMINATOR = DEFAULT_DIR / "discriminator.pt"
 
 
 def load_default_or(path: str | Path | None = None) -> Generator:
@@ -50,3 +51,17 @@ def load_interpreter_for(G: Generator, path: str | Path | None = None):
         raise FileNotFoundError(f"no interpreter given and none shipped at {DEFAULT_INTERPRETER}; "
                                 "fit one with `dgan fit --data LABELED_DIR --out interp.pt`")
     return Interpreter.load(DEFAULT_INTERPRETER, generator_id=generator_id(G))
+
+
+def load_discriminator_for(G: Generator, path: str | Path | None = None):
+    """The discriminator at ``path``, else the shipped one if it was trained with G, else None."""
+    from .discriminator import load_discriminator
+
+    if path:
+        return load_discriminator(path, generator_id=generator_id(G))
+    if DEFAULT_DISCRIMINATOR.is_file():
+        try:
+            return load_discriminator(DEFAULT_DISCRIMINATOR, generator_id=generator_id(G))
+        except ValueError:
+            return None
+    return None

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from ..images import load_image_folder, save_grid, to_uint8
 from .augment import augment
-from .checkpoints import save_generator
-from .discriminator import Discriminator, DiscriminatorConfig
+from .checkpoints import generator_id, save_generator
+from .discriminator import Discriminator, DiscriminatorConfig, save_discriminator
 from .stylegan2 import Generator, GeneratorConfig
 
 
@@ -193,6 +193,8 @@ class Trainer:
         tmp.replace(self.out / "state.pt")
         meta = {"kimg": kimg, "step": self.step, "train_config": asdict(self.cfg)}
         save_generator(self.G_ema, self.out / "generator.pt", meta=meta)
+        # D's early features serve as a perceptual loss for inversion (model/inversion.py).
+        save_discriminator(self.D, self.out / "discriminator.pt", generator_id(self.G_ema))
         save_generator(self.G_ema, self.out / "snapshots" / f"G_ema-kimg{kimg:07.1f}.pt", meta=meta)
         with torch.no_grad():
             grid = self.G_ema(self.grid_z.to(self.device), noise_mode="const").cpu()
