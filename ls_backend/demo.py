@@ -45,7 +45,8 @@ def ensure_redis(url: str, out: Path) -> str:
 
     port = free_port()
     subprocess.run(["redis-server", "--daemonize", "yes", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--dir", str(out), "--logfile", str(out / "redis.log")], check=True)
+                    "--appendonly", "no", "--dir", str(out), "--logfile", str(out / "redis.log"),
+                    "--pidfile", str(out / "redis.pid")], check=True)
     url = f"redis://127.0.0.1:{port}/0"
     wait_for(lambda: _ping(url), 20, "redis-server")
     return url
@@ -69,6 +70,14 @@ def stop(out: Path) -> None:
         except ProcessLookupError:
             pass
     (out / "pids.json").unlink(missing_ok=True)
+    redis_pid = out / "redis.pid"          # written only when the demo had to start its own Redis
+    if redis_pid.exists():
+        try:
+            os.kill(int(redis_pid.read_text().strip()), signal.SIGTERM)
+            print(f"stopped the demo's redis-server (pid {redis_pid.read_text().strip()})")
+        except (ProcessLookupError, ValueError):
+            pass
+        redis_pid.unlink(missing_ok=True)
 
 
 def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push: int = 1000,

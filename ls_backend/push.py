@@ -145,29 +145,35 @@ class Pusher:
             if state == "importing":      # a previous attempt may have imported: skip what is there
                 present = self._existing_seeds(run.project)
                 samples = [x for x in samples if x.seed not in present]
-            project_dir = None
-            if run.storage.startswith("local:"):
-                project_dir = Path(run.storage[len("local:"):]) / "dgan" / f"project-{run.project}" / run.run_id
-                project_dir.mkdir(parents=True, exist_ok=True)
-            n_cls = len(interp.class_names)
-            tasks = []
-            for x in samples:
-                certainty = float(np.clip(1 - x.uncertainty / np.log(n_cls), 0, 1))
-                tasks.append({
-                    "data": {label_map.image_key: self._image_value(run, x.seed, x.image, project_dir),
-                             "dgan_seed": x.seed, "dgan_psi": run.psi, "dgan_uncertainty": round(x.uncertainty, 6),
-                             "dgan_generator_id": self.backend.generator_id, "dgan_model_version": run.model_version,
-                             "dgan_push_run": run.run_id},
-                    "predictions": [{"result": mask_to_results(x.labels, label_map), "score": round(certainty, 4),
-                                     "model_version": run.model_version}]})
-            self.conn.set(key, "importing")
-            if tasks:
-                self.backend.client.import_tasks(run.project, tasks)
-            self.conn.set(key, "done")
-            return len(tasks)
+            return self.import_samples(run, k, samples, interp, label_map)
         finally:
             if (self.conn.get(lock) or b"").decode() == self.owner:
                 self.conn.delete(lock)
+
+    def import_samples(self, run: PushRun, k: int, samples: list, interp, label_map) -> int:
+        """The push stage of chunk k: images to storage, masks to brush RLE, tasks with predictions
+        imported in one request, chunk state "importing" → "done" in Redis. Returns the tasks imported."""
+        key = CHUNK_KEY.format(run=run.run_id, k=k)
+        project_dir = None
+        if run.storage.startswith("local:"):
+            project_dir = Path(run.storage[len("local:"):]) / "dgan" / f"project-{run.project}" / run.run_id
+            project_dir.mkdir(parents=True, exist_ok=True)
+        n_cls = len(interp.class_names)
+        tasks = []
+        for x in samples:
+            certainty = float(np.clip(1 - x.uncertainty / np.log(n_cls), 0, 1))
+            tasks.append({
+                "data": {label_map.image_key: self._image_value(run, x.seed, x.image, project_dir),
+                         "dgan_seed": x.seed, "dgan_psi": run.psi, "dgan_uncertainty": round(x.uncertainty, 6),
+                         "dgan_generator_id": self.backend.generator_id, "dgan_model_version": run.model_version,
+                         "dgan_push_run": run.run_id},
+                "predictions": [{"result": mask_to_results(x.labels, label_map), "score": round(certainty, 4),
+                                 "model_version": run.model_version}]})
+        self.conn.set(key, "importing")
+        if tasks:
+            self.backend.client.import_tasks(run.project, tasks)
+        self.conn.set(key, "done")
+        return len(tasks)
 
     def push(self, run: PushRun, on_progress: Callable[[int], None] | None = None, poll_s: float = 2.0) -> int:
         """Run every chunk not yet done; chunks another live process holds are left to it and waited for.
