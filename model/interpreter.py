@@ -39,9 +39,15 @@ class InterpreterConfig:
     epochs: float = 4.0                   # passes over the pixel sample (DatasetGAN stops after ~4)
     per_class: int = 20_000               # pixel-sample cap per class
     min_region_px: int = 0                # connected label regions smaller than this become background
+    # "balanced": every class weighs the same in the loss (pixels sampled per class, no reweighting);
+    # "natural": importance weights restore each class's pixel frequency (DatasetGAN's plain CE). On the
+    # default domain, balanced labels small parts better: 36.4 vs 32.7 % mIoU through inversion (README).
+    class_weighting: str = "balanced"
 
     def __post_init__(self) -> None:
         self.hidden = tuple(self.hidden)
+        if self.class_weighting not in ("balanced", "natural"):
+            raise ValueError(f"class_weighting must be 'balanced' or 'natural', got {self.class_weighting!r}")
         if self.n_classes >= 32 and self.hidden == (128, 32):
             self.hidden = (256, 128)
 

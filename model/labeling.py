@@ -42,7 +42,7 @@ def fit_from_latents(G: Generator, ws: torch.Tensor, masks: np.ndarray | torch.T
         _, maps = fx.native(ws[start:start + batch], noise_mode)
         feats[sel] = fx.sample_maps(maps, n_idx[sel] - start, ys[sel], xs[sel], res).to(torch.float16)
     interp = Interpreter(cfg, class_names, generator_id(G))
-    interp.fit(feats, masks_t.reshape(-1)[flat], weights, seed=seed)
+    interp.fit(feats, masks_t.reshape(-1)[flat], weights if cfg.class_weighting == "natural" else None, seed=seed)
     return interp
 
 

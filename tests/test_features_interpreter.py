@@ -92,3 +92,19 @@ def test_native_resolution_prediction_equals_full_features(tiny_G):
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
     np.testing.assert_allclose(a.uncertainty, b.uncertainty, atol=1e-5)
     assert (a.labels == b.labels).mean() > 0.999
+
+
+def test_class_weighting_is_validated_and_both_modes_fit(tiny_G):
+    from model.interpreter import InterpreterConfig
+    from model.labeling import fit_from_latents
+
+    with pytest.raises(ValueError, match="class_weighting must be"):
+        InterpreterConfig(in_dim=8, n_classes=3, class_weighting="inverse")
+    ws = tiny_G.map(torch.randn(2, 32, generator=torch.Generator().manual_seed(0)))
+    masks = np.zeros((2, 32, 32), np.uint8)
+    masks[:, 10:20, 10:20] = 1
+    masks[:, 14:16, 14:16] = 2                       # a rare class: 4 of 1,024 pixels
+    for mode in ("balanced", "natural"):
+        cfg = InterpreterConfig(in_dim=0, n_classes=3, members=2, epochs=2, class_weighting=mode)
+        interp = fit_from_latents(tiny_G, ws, masks, ["bg", "a", "b"], cfg)
+        assert interp.cfg.class_weighting == mode and np.isfinite(interp.report.final_loss)
