@@ -156,7 +156,7 @@ class Backend:
 
         version, interp = self.interpreter(project)
         if interp is None:
-            return [{"result": [], "score": 0.0, "model_version": model_version_name(0)} for _ in items]
+            return [untrained_entry() for _ in items]
         if interp.class_names != label_map.class_names:
             raise ValueError(f"model {model_version_name(version)} was fitted for labels {interp.class_names[1:]}, "
                              f"the project now has {list(label_map.labels)}; train again (POST /api/ml/<id>/train)")
@@ -184,7 +184,7 @@ class Backend:
         t0 = time.time()
         version, interp = self.interpreter(project)
         if interp is None:   # nothing to predict with: say so at once, without fetching any image
-            return [{"result": [], "score": 0.0, "model_version": model_version_name(0)} for _ in tasks], []
+            return [untrained_entry() for _ in tasks], []
         entries: list[dict] = []
         leftover: list[int] = []
         batch = 8
@@ -256,6 +256,11 @@ class Backend:
                 "labels": list(label_map.labels)}
         self.store.commit_version(project, version, meta)
         return meta
+
+
+def untrained_entry() -> dict:
+    """What a task gets before the first fit: an empty result under a version that says untrained."""
+    return {"result": [], "score": 0.0, "model_version": model_version_name(0)}
 
 
 def cross_validated_miou(G, ws: torch.Tensor, masks: np.ndarray, class_names: list[str], folds: int = 4) -> float:
