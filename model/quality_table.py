@@ -7,6 +7,13 @@ Methods, each scored by mIoU (%) on a held-out real test set, mean ± std over d
 3. ``unet_synthetic_N``      U-Net trained on N synthetic images labeled by that interpreter;
 4. ``unet_5000_real``        U-Net on 5,000 labeled real images (the ceiling, one run);
 5. ``*_shifted``             methods 2 and 3 (and the ceiling) evaluated on the shifted domain variant.
+
+Diagnostics (what limits method 3), per draw:
+- ``interpreter_generated_16``: DatasetGAN's own protocol — the 16 labeled images are *generated*, so
+  their latents are exact; the ceiling U-Net stands in for the annotators. Against method 2 it shows
+  what the inversion pairing costs.
+- ``synthetic_label_agreement``: mIoU of method 2's interpreter labels on the synthetic pool against
+  the ceiling U-Net's labels of the same images — how good the labels method 3 trains on are.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ import torch
 
 from .domain import CLASSES, render_batch
 from .generator.stylegan2 import Generator
+from .images import to_uint8
 from .interpreter import InterpreterConfig
 from .inversion import LatentEncoder, images_to_tensor, invert
 from .labeling import fit_from_latents, label_latents
 from .metrics import mean_iou
 from .segmenter import predict, train_segmenter
-from .synthesis import generate_chunk, keep_most_certain
+from .synthesis import generate_chunk, keep_most_certain, latents_for_seeds
 
 
 @dataclass
@@ -73,14 +81,26 @@ def run_quality(G: Generator, enc: LatentEncoder | None, s: QualitySettings, log
     test_ws = _invert_all(G, enc, test_img, s.inversion_steps)
     sh_ws = _invert_all(G, enc, sh_img, s.inversion_steps)
     scores: dict[str, list[float]] = {}
+    diagnostics: dict[str, list[float]] = {}
 
     def report(done: bool) -> dict:
         return {"settings": dict(s.__dict__), "methods": {k: _summ(v) for k, v in scores.items()},
+                "diagnostics": {k: _summ(v) for k, v in diagnostics.items()},
                 "seconds": round(time.time() - t0, 1), "complete": done}
 
-    def add(name: str, value: float) -> None:
-        scores.setdefault(name, []).append(100 * value)
+    def add(name: str, value: float, table: dict | None = None) -> None:
+        (scores if table is None else table).setdefault(name, []).append(100 * value)
         log(f"  {name}: {100 * value:.2f}")
+
+    # The ceiling first: it also stands in for the annotators of generated images (diagnostics).
+    log("ceiling")
+    ceil_img, ceil_lab = render_batch(s.n_ceiling, seed=3000 + s.seed, size=res)
+    ceiling = train_segmenter(ceil_img, ceil_lab, n_cls, steps=s.unet_steps).model
+    add(f"unet_{s.n_ceiling}_real", mean_iou(predict(ceiling, test_img), test_lab, n_cls))
+    add(f"unet_{s.n_ceiling}_real_shifted", mean_iou(predict(ceiling, sh_img), sh_lab, n_cls))
+    cfg = InterpreterConfig(in_dim=0, n_classes=n_cls, members=s.members)
+    if on_partial is not None:
+        on_partial(report(False))
 
     for draw in range(s.draws):
         log(f"draw {draw + 1}/{s.draws}")
@@ -88,13 +108,21 @@ def run_quality(G: Generator, enc: LatentEncoder | None, s: QualitySettings, log
         few = train_segmenter(lab_img, lab_lab, n_cls, steps=s.unet_steps, seed=draw).model
         add(f"unet_{s.n_labeled}_real", mean_iou(predict(few, test_img), test_lab, n_cls))
         ws = _invert_all(G, enc, lab_img, s.inversion_steps)
-        interp = fit_from_latents(G, ws, lab_lab, classes,
-                                  InterpreterConfig(in_dim=0, n_classes=n_cls, members=s.members), seed=draw)
+        interp = fit_from_latents(G, ws, lab_lab, classes, cfg, seed=draw)
         add("interpreter_inversion", mean_iou(label_latents(G, interp, test_ws)[1].labels, test_lab, n_cls))
         add("interpreter_inversion_shifted", mean_iou(label_latents(G, interp, sh_ws)[1].labels, sh_lab, n_cls))
+        gen_ws = latents_for_seeds(G, list(range(draw * 10**6 + 900_000, draw * 10**6 + 900_000 + s.n_labeled)))
+        gen_img = label_latents(G, interp, gen_ws)[0]
+        gen_interp = fit_from_latents(G, gen_ws, predict(ceiling, to_uint8(gen_img)), classes, cfg, seed=draw)
+        add(f"interpreter_generated_{s.n_labeled}", mean_iou(label_latents(G, gen_interp, test_ws)[1].labels, test_lab, n_cls),
+            diagnostics)
+        add(f"interpreter_generated_{s.n_labeled}_shifted",
+            mean_iou(label_latents(G, gen_interp, sh_ws)[1].labels, sh_lab, n_cls), diagnostics)
         # Seeds draw·10⁶ + i: every size's seed range is a prefix of the largest one, so synthesize once.
         n_seeds = {n: int(n / (1 - s.filter_frac) + 0.5) for n in s.synthetic_sizes}
         pool = generate_chunk(G, interp, list(range(draw * 10**6, draw * 10**6 + max(n_seeds.values()))))
+        add("synthetic_label_agreement", mean_iou(np.stack([x.labels for x in pool]),
+                                                  predict(ceiling, np.stack([x.image for x in pool])), n_cls), diagnostics)
         for n_syn in s.synthetic_sizes:
             samples = keep_most_certain(pool[:n_seeds[n_syn]], s.filter_frac)[:n_syn]
             syn_img = np.stack([x.image for x in samples])
@@ -104,18 +132,14 @@ def run_quality(G: Generator, enc: LatentEncoder | None, s: QualitySettings, log
             add(f"unet_synthetic_{n_syn}_shifted", mean_iou(predict(model, sh_img), sh_lab, n_cls))
         if on_partial is not None:
             on_partial(report(False))
-    log("ceiling")
-    ceil_img, ceil_lab = render_batch(s.n_ceiling, seed=3000 + s.seed, size=res)
-    ceiling = train_segmenter(ceil_img, ceil_lab, n_cls, steps=s.unet_steps).model
-    add(f"unet_{s.n_ceiling}_real", mean_iou(predict(ceiling, test_img), test_lab, n_cls))
-    add(f"unet_{s.n_ceiling}_real_shifted", mean_iou(predict(ceiling, sh_img), sh_lab, n_cls))
     return report(True)
 
 
 def to_markdown(report: dict) -> str:
     rows = ["| method | mIoU % (mean ± std) | runs |", "|---|---|---|"]
-    for name, m in report["methods"].items():
-        rows.append(f"| {name} | {m['miou_mean']:.2f} ± {m['miou_std']:.2f} | {len(m['runs'])} |")
+    for name, m in [*report["methods"].items(), *report.get("diagnostics", {}).items()]:
+        kind = "" if name in report["methods"] else " (diagnostic)"
+        rows.append(f"| {name}{kind} | {m['miou_mean']:.2f} ± {m['miou_std']:.2f} | {len(m['runs'])} |")
     return "\n".join(rows) + "\n"
 
 

@@ -13,4 +13,8 @@ def test_quality_table_runs_end_to_end_on_a_tiny_generator():
                  "unet_synthetic_8_shifted", "unet_8_real", "unet_8_real_shifted"):
         assert 0 <= methods[name]["miou_mean"] <= 100, name
     assert len(methods["unet_4_real"]["runs"]) == 2 and len(methods["unet_8_real"]["runs"]) == 1
+    diagnostics = report["diagnostics"]
+    for name in ("interpreter_generated_4", "interpreter_generated_4_shifted", "synthetic_label_agreement"):
+        assert len(diagnostics[name]["runs"]) == 2 and 0 <= diagnostics[name]["miou_mean"] <= 100, name
     assert "| interpreter_inversion |" in to_markdown(report)
+    assert "| synthetic_label_agreement (diagnostic) |" in to_markdown(report)
