@@ -1,7 +1,8 @@
 """Label Studio brush results ⇄ class masks, and the label map read from a project's label config.
 
 Class ids: 0 is background, 1..K are the labels of the project's ``<BrushLabels>`` in config order.
-Encoding uses label-studio-sdk's own RLE codec (``label_studio_sdk.converter.brush``).
+Masks travel as Label Studio's brush RLE (:mod:`ls_backend.rle`: byte-identical to label-studio-sdk's
+codec, several times faster).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 import numpy as np
+
+from .rle import decode_mask, encode_mask
 
 
 class LabelConfigError(ValueError):
@@ -71,8 +74,6 @@ def results_to_mask(results: list[dict], label_map: LabelMap, height: int | None
 
     Results of other controls are ignored; a brush label not in the config raises LabelConfigError.
     Raises ValueError when the annotation has no brush result and no size is given."""
-    from label_studio_sdk.converter.brush import decode_rle
-
     brush = [r for r in results if isinstance(r, dict) and r.get("type") == "brushlabels"
              and r.get("from_name") == label_map.from_name]
     try:
@@ -96,15 +97,12 @@ def results_to_mask(results: list[dict], label_map: LabelMap, height: int | None
             raise ValueError(f"brush result {r.get('id')!r} is not RLE-encoded; only format 'rle' is supported")
         if (h, w) != (height, width):
             raise ValueError(f"brush results of one annotation disagree on the image size: {h}x{w} vs {height}x{width}")
-        alpha = np.asarray(decode_rle(value["rle"]), np.uint8).reshape(h, w, 4)[:, :, 3]
-        mask[alpha > 127] = cid
+        mask[decode_mask(value["rle"], h, w)] = cid
     return mask
 
 
 def mask_to_results(mask: np.ndarray, label_map: LabelMap, scores: dict[int, float] | None = None) -> list[dict]:
     """Class mask uint8 [H, W] → one brush result per class present (background skipped)."""
-    from label_studio_sdk.converter.brush import mask2rle
-
     h, w = mask.shape
     results = []
     for cid in np.unique(mask):
@@ -112,10 +110,10 @@ def mask_to_results(mask: np.ndarray, label_map: LabelMap, scores: dict[int, flo
             continue
         if cid > len(label_map.labels):
             raise ValueError(f"class id {int(cid)} has no label in the project's BrushLabels {list(label_map.labels)}")
-        rle = mask2rle(((mask == cid) * 255).astype(np.uint8))
+        rle = encode_mask(mask == cid)
         item = {"from_name": label_map.from_name, "to_name": label_map.to_name, "type": "brushlabels",
                 "original_width": int(w), "original_height": int(h), "image_rotation": 0,
-                "value": {"format": "rle", "rle": [int(v) for v in rle], "brushlabels": [label_map.labels[cid - 1]]}}
+                "value": {"format": "rle", "rle": rle, "brushlabels": [label_map.labels[cid - 1]]}}
         if scores and int(cid) in scores:
             item["score"] = round(float(scores[int(cid)]), 4)
         results.append(item)
