@@ -5,11 +5,17 @@ Every failure becomes :class:`LabelStudioError` with the URL, the status and wha
 
 from __future__ import annotations
 
+import json
 from typing import Any, Iterator
 
 
 class LabelStudioError(ConnectionError):
     """Label Studio could not be reached or refused a request."""
+
+
+_HINTS = {401: "check LABEL_STUDIO_API_KEY (and that legacy tokens are enabled if it is one)",
+          403: "the API key's user lacks access to this project",
+          404: "the project or task does not exist"}
 
 
 def _plain(obj: Any) -> dict:
@@ -35,9 +41,7 @@ class LabelStudioClient:
         try:
             return fn(*args, **kwargs)
         except ApiError as e:
-            hint = {401: "check LABEL_STUDIO_API_KEY (and that legacy tokens are enabled if it is one)",
-                    403: "the API key's user lacks access to this project",
-                    404: "the project or task does not exist"}.get(e.status_code or 0, "see Label Studio's logs")
+            hint = _HINTS.get(e.status_code or 0, "see Label Studio's logs")
             raise LabelStudioError(f"Label Studio at {self.url} answered {e.status_code} to {what}: "
                                    f"{str(e.body)[:300]} — {hint}") from e
         except (httpx.HTTPError, OSError) as e:
@@ -83,7 +87,24 @@ class LabelStudioClient:
                    self.ls.projects.import_predictions, id=project, request=predictions)
 
     def import_tasks(self, project: int, tasks: list[dict]) -> list[int]:
-        """Bulk import tasks (with optional "predictions"); returns the new task ids."""
-        resp = self._call(f"import {len(tasks)} tasks into project {project}", self.ls.projects.import_tasks,
-                          id=project, request=tasks, return_task_ids=True)
-        return list(getattr(resp, "task_ids", None) or [])
+        """Bulk import tasks (with optional "predictions"); returns the new task ids.
+
+        The same request as label-studio-sdk's ``projects.import_tasks``, but the body is serialised with
+        ``json.dumps``: the SDK's generic encoder walks every RLE byte in Python and took most of the
+        time of a 500-task import (0.8 s of JSON encoding vs 0.06 s)."""
+        import httpx
+
+        what = f"import {len(tasks)} tasks into project {project}"
+        body = json.dumps(tasks, separators=(",", ":")).encode()
+        headers = {**self.auth_headers(), "Content-Type": "application/json"}
+        try:
+            resp = httpx.post(f"{self.url}/api/projects/{project}/import", params={"return_task_ids": "true"},
+                              content=body, headers=headers, timeout=300)
+        except (httpx.HTTPError, OSError) as e:
+            raise LabelStudioError(f"cannot reach Label Studio at {self.url} for {what} ({type(e).__name__}: {e}); "
+                                   "check LABEL_STUDIO_URL and that Label Studio is running") from e
+        if resp.status_code >= 400:
+            hint = _HINTS.get(resp.status_code, "see Label Studio's logs")
+            raise LabelStudioError(f"Label Studio at {self.url} answered {resp.status_code} to {what}: "
+                                   f"{resp.text[:300]} — {hint}")
+        return list(resp.json().get("task_ids") or [])

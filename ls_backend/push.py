@@ -2,8 +2,8 @@
 
 A push run covers seeds ``base .. base + chunks·chunk − 1`` in chunks. Each chunk is claimed in Redis
 by whoever runs it (the CLI, or several RQ workers on any machines that reach Redis and Label
-Studio), synthesized, filtered (most uncertain ``filter`` fraction dropped), and imported in one
-request. Exactly-once: a chunk is marked ``importing`` before its request and ``done`` after; a
+Studio), synthesized, filtered (most uncertain ``filter`` fraction dropped), and imported in a few
+pipelined requests. Exactly-once: a chunk is marked ``importing`` before its request and ``done`` after; a
 chunk found ``importing`` on resume is reconciled against the seeds already in the project, so a
 kill at any point leaves no duplicates and no gaps. The run stops at exactly ``n`` kept tasks.
 
@@ -20,6 +20,7 @@ import os
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,7 @@ from .store import model_version_name
 RUN_KEY = "dgan:p:{project}:push_run"        # the project's current (or last) run, JSON
 CHUNK_KEY = "dgan:push:{run}:chunk:{k}"      # claimed / importing / done
 NEXT_SEED_KEY = "dgan:p:{project}:next_seed"
+MAX_DATA_URI_PX = 256                         # larger images must go to storage, not into the task JSON
 
 
 @dataclass
@@ -64,6 +66,8 @@ class PushRun:
 
 
 class Pusher:
+    import_batch = 125           # tasks per import request (a chunk of 500 kept samples → 4 requests)
+
     def __init__(self, backend, conn, document_root: str | None = None) -> None:
         self.backend, self.conn, self.document_root = backend, conn, document_root
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
@@ -77,6 +81,12 @@ class Pusher:
             run = PushRun(**json.loads(raw))
             if run.n == n and not self.finished(run):
                 return run, True
+        res = self.backend.generator.cfg.resolution
+        if not self.document_root and res > MAX_DATA_URI_PX:
+            raise ValueError(f"the generator makes {res} px images; inside tasks as data URIs they would bloat "
+                             f"Label Studio's database (the fallback is for ≤ {MAX_DATA_URI_PX} px). Pass "
+                             "--document-root (or DGAN_LS_DOCUMENT_ROOT) = Label Studio's "
+                             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT so images are stored as files")
         chunk = max(1, min(chunk, math.ceil(n / (1 - filter_frac))))   # never synthesize far more than n
         version, interp = self.backend.interpreter(project)
         if interp is None:
@@ -142,6 +152,7 @@ class Pusher:
             seeds = list(range(run.base_seed + k * run.chunk, run.base_seed + (k + 1) * run.chunk))
             samples = keep_most_certain(generate_chunk(self.backend.generator, interp, seeds, psi=run.psi),
                                         run.filter_frac)[:run.quota(k)]
+            self.conn.expire(lock, lease_s)      # synthesis took part of the lease: renew it for the import
             if state == "importing":      # a previous attempt may have imported: skip what is there
                 present = self._existing_seeds(run.project)
                 samples = [x for x in samples if x.seed not in present]
@@ -152,28 +163,45 @@ class Pusher:
 
     def import_samples(self, run: PushRun, k: int, samples: list, interp, label_map) -> int:
         """The push stage of chunk k: images to storage, masks to brush RLE, tasks with predictions
-        imported in one request, chunk state "importing" → "done" in Redis. Returns the tasks imported."""
+        imported in requests of ``import_batch``, chunk state "importing" → "done" in Redis. Returns the
+        tasks imported.
+
+        Pipelined: while Label Studio ingests one request (in its own process), this thread encodes the
+        next, so the encoding hides behind the import instead of adding to it."""
         key = CHUNK_KEY.format(run=run.run_id, k=k)
         project_dir = None
         if run.storage.startswith("local:"):
             project_dir = Path(run.storage[len("local:"):]) / "dgan" / f"project-{run.project}" / run.run_id
             project_dir.mkdir(parents=True, exist_ok=True)
         n_cls = len(interp.class_names)
-        tasks = []
-        for x in samples:
-            certainty = float(np.clip(1 - x.uncertainty / np.log(n_cls), 0, 1))
-            tasks.append({
-                "data": {label_map.image_key: self._image_value(run, x.seed, x.image, project_dir),
+        self.conn.set(key, "importing")
+        imported = 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgan-import") as importer:
+            in_flight = None
+            for start in range(0, len(samples), self.import_batch):
+                tasks = [self._task(run, x, n_cls, label_map, project_dir)
+                         for x in samples[start:start + self.import_batch]]
+                if in_flight is not None:
+                    imported += in_flight.result()       # re-raises the previous request's error here
+                in_flight = importer.submit(self._import, run.project, tasks)
+            if in_flight is not None:
+                imported += in_flight.result()
+        self.conn.set(key, "done")
+        return imported
+
+    def _import(self, project: int, tasks: list[dict]) -> int:
+        self.backend.client.import_tasks(project, tasks)
+        return len(tasks)
+
+    def _task(self, run: PushRun, x, n_cls: int, label_map, project_dir: Path | None) -> dict:
+        """One synthesized sample → a Label Studio task with its prediction (score = certainty)."""
+        certainty = float(np.clip(1 - x.uncertainty / np.log(n_cls), 0, 1))
+        return {"data": {label_map.image_key: self._image_value(run, x.seed, x.image, project_dir),
                          "dgan_seed": x.seed, "dgan_psi": run.psi, "dgan_uncertainty": round(x.uncertainty, 6),
                          "dgan_generator_id": self.backend.generator_id, "dgan_model_version": run.model_version,
                          "dgan_push_run": run.run_id},
                 "predictions": [{"result": mask_to_results(x.labels, label_map), "score": round(certainty, 4),
-                                 "model_version": run.model_version}]})
-        self.conn.set(key, "importing")
-        if tasks:
-            self.backend.client.import_tasks(run.project, tasks)
-        self.conn.set(key, "done")
-        return len(tasks)
+                                 "model_version": run.model_version}]}
 
     def push(self, run: PushRun, on_progress: Callable[[int], None] | None = None, poll_s: float = 2.0) -> int:
         """Run every chunk not yet done; chunks another live process holds are left to it and waited for.
