@@ -1,0 +1,84 @@
+"""Push bookkeeping against a real Redis, with a recording stand-in for Label Studio's import endpoint
+(the real import is covered by tests/e2e): requests are pipelined in batches, a failed request leaves
+the chunk "importing" (so a resume reconciles against the project), big images refuse data URIs."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import redis
+
+from ls_backend.brush import LabelMap
+from ls_backend.client import LabelStudioError
+from ls_backend.push import CHUNK_KEY, Pusher, PushRun
+from model.synthesis import Sample
+
+from .conftest import tiny_generator
+
+URL = "redis://127.0.0.1:6379/13"
+LABELS = LabelMap("parts", "image", "image", ("a", "b"))
+
+
+class RecordingImports:
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.requests: list[list[dict]] = []
+        self.fail_on = fail_on
+
+    def import_tasks(self, project, tasks):
+        if self.fail_on is not None and len(self.requests) == self.fail_on:
+            raise LabelStudioError("Label Studio answered 500 to import")
+        self.requests.append(tasks)
+        return list(range(len(tasks)))
+
+
+@pytest.fixture
+def conn():
+    c = redis.Redis.from_url(URL)
+    try:
+        c.ping()
+    except redis.RedisError:
+        pytest.skip("no Redis")
+    c.flushdb()
+    yield c
+    c.flushdb()
+
+
+def _samples(n: int) -> list[Sample]:
+    rng = np.random.default_rng(0)
+    return [Sample(1000 + i, np.zeros((2, 8), np.float32), rng.integers(0, 255, (16, 16, 3), dtype=np.uint8),
+                   rng.integers(0, 3, (16, 16), dtype=np.uint8), float(rng.random())) for i in range(n)]
+
+
+def _run() -> PushRun:
+    return PushRun("r1", 7, 300, 1000, 300, 0.0, 1.0, "dgan-v1", "datauri", 0.0)
+
+
+def test_chunk_is_imported_in_pipelined_batches_in_seed_order(conn):
+    client = RecordingImports()
+    pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn)
+    interp = SimpleNamespace(class_names=LABELS.class_names)
+    assert pusher.import_samples(_run(), 0, _samples(300), interp, LABELS) == 300
+    assert [len(r) for r in client.requests] == [125, 125, 50]
+    seeds = [t["data"]["dgan_seed"] for r in client.requests for t in r]
+    assert seeds == list(range(1000, 1300))
+    task = client.requests[0][0]
+    assert task["data"]["image"].startswith("data:image/png;base64,")
+    assert {r["value"]["brushlabels"][0] for r in task["predictions"][0]["result"]} <= {"a", "b"}
+    assert 0 <= task["predictions"][0]["score"] <= 1
+    assert conn.get(CHUNK_KEY.format(run="r1", k=0)) == b"done"
+
+
+def test_a_failed_request_leaves_the_chunk_importing(conn):
+    client = RecordingImports(fail_on=1)
+    pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn)
+    with pytest.raises(LabelStudioError, match="500"):
+        pusher.import_samples(_run(), 0, _samples(300), SimpleNamespace(class_names=LABELS.class_names), LABELS)
+    assert len(client.requests) == 1
+    assert conn.get(CHUNK_KEY.format(run="r1", k=0)) == b"importing"
+
+
+def test_large_images_need_storage_not_data_uris(conn):
+    G = tiny_generator(resolution=512, channels={4: 8, 8: 8, 16: 8, 32: 8, 64: 4, 128: 4, 256: 4, 512: 4})
+    pusher = Pusher(SimpleNamespace(generator=G), conn)
+    with pytest.raises(ValueError, match="512 px.*--document-root"):
+        pusher.start_or_resume(7, 100)
