@@ -187,8 +187,17 @@ def bench_synthesis(generator: str | None = None, interpreter: str | None = None
 
     t_bare = _best_time(bare, 2, warmup=1)
     t_lab = _best_time(lambda: generate_chunk(G, interp, seeds, fx=fx), 2, warmup=0)
+    # Where the ratio can go: the interpreter's arithmetic per image against the generator's. Even at
+    # equal efficiency, labeled/bare ≤ G / (G + I) — the DatasetGAN ensemble (10 × d→128→32→C per pixel)
+    # outweighs a small generator many times over.
+    ws = latents_for_seeds(G, seeds[:16])
+    g_flops = count_flops(lambda: G.synthesis(ws, noise_mode="const")) / 16
+    _, maps = fx.native(ws, "const")
+    i_flops = count_flops(lambda: interp.predict_native(maps, fx.resolution)) / 16
     return {"n": n, "generator_images_per_s": round(n / t_bare, 2), "labeled_images_per_s": round(n / t_lab, 2),
-            "ratio": round(t_bare / t_lab, 3), "members": interp.cfg.members, "machine": machine()}
+            "ratio": round(t_bare / t_lab, 3), "members": interp.cfg.members,
+            "generator_gflop_per_image": round(g_flops / 1e9, 4), "interpreter_gflop_per_image": round(i_flops / 1e9, 4),
+            "ratio_bound_equal_efficiency": round(g_flops / (g_flops + i_flops), 3), "machine": machine()}
 
 
 def bench_quality(generator: str | None = None, quick: bool = False, out_dir: str | None = None,
