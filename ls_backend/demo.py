@@ -211,7 +211,10 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
                "project": project, "project_url": f"{ls.url}/projects/{project}/data",
                "pre_annotation_miou": round(miou, 2), "cv_miou": last["cv_miou"], "timings": timings,
                "total_s": round(time.time() - t0, 1), "exports": exports, "backend": backend_url,
-               "logs": str(logs), "stop": f"dgan demo --stop --out {out}"}
+               "logs": str(logs), "stop": f"dgan demo --stop --out {out}",
+               # what `dgan push|export|bench push` need to work on this demo's project from a shell
+               "cli_env": {k: env[k] for k in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "REDIS_URL", "MODEL_DIR",
+                                               "DGAN_LS_DOCUMENT_ROOT")}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     _step(9, steps, f"Label Studio stays up at {ls.url} — log in as {ls.username} / {ls.password}", t0)
