@@ -97,12 +97,8 @@ class LabelStudioClient:
         what = f"import {len(tasks)} tasks into project {project}"
         body = json.dumps(tasks, separators=(",", ":")).encode()
         headers = {**self.auth_headers(), "Content-Type": "application/json"}
-        try:
-            resp = httpx.post(f"{self.url}/api/projects/{project}/import", params={"return_task_ids": "true"},
-                              content=body, headers=headers, timeout=300)
-        except (httpx.HTTPError, OSError) as e:
-            raise LabelStudioError(f"cannot reach Label Studio at {self.url} for {what} ({type(e).__name__}: {e}); "
-                                   "check LABEL_STUDIO_URL and that Label Studio is running") from e
+        resp = self._call(what, httpx.post, f"{self.url}/api/projects/{project}/import",
+                          params={"return_task_ids": "true"}, content=body, headers=headers, timeout=300)
         if resp.status_code >= 400:
             hint = _HINTS.get(resp.status_code, "see Label Studio's logs")
             raise LabelStudioError(f"Label Studio at {self.url} answered {resp.status_code} to {what}: "

@@ -24,14 +24,10 @@ RLE_SIZES = (3, 4, 8, 16)         # bits of the run-length field for size index 
 _MAX_RUN = 1 << RLE_SIZES[-1]     # longest run one record holds
 
 
-def _record(length: int, value: int, field_index: int | None = None) -> tuple[int, int]:
-    """One record as (code, bit width): a repeat of ``value`` ``length`` times (a literal of one value
-    when length is 1, as the SDK writes it). ``field_index`` forces the run-length field size."""
-    if length == 1:
-        return value, 3 + RLE_SIZES[0] + WORD_SIZE                     # 0 · 00 · 000 · value
-    idx = field_index if field_index is not None else next(i for i, s in enumerate(RLE_SIZES) if length <= 1 << s)
-    field = RLE_SIZES[idx]
-    return (((0b100 | idx) << field | (length - 1)) << WORD_SIZE) | value, 3 + field + WORD_SIZE
+def _long_record(length: int, value: int) -> tuple[int, int]:
+    """A repeat record with the 16-bit run-length field (size index 3): (code, bit width)."""
+    field = RLE_SIZES[3]
+    return (((0b100 | 3) << field | (length - 1)) << WORD_SIZE) | value, 3 + field + WORD_SIZE
 
 
 def encode_mask(mask: np.ndarray) -> list[int]:
@@ -57,7 +53,7 @@ def encode_mask(mask: np.ndarray) -> list[int]:
             bits += 3 + field + WORD_SIZE
         else:                                                            # long runs: 16-bit fields, split
             while length > 0:
-                code, width = _record(min(length, _MAX_RUN), value, 3)
+                code, width = _long_record(min(length, _MAX_RUN), value)
                 acc, bits, length = acc << width | code, bits + width, length - _MAX_RUN
         value ^= 255
     pad = 8 - bits % 8                                                   # the SDK always pads 1..8 bits
