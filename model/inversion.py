@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .generator.checkpoints import generator_id
 from .generator.stylegan2 import Generator
 
@@ -73,8 +74,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def train_encoder(G: Generator, steps: int = 2000, batch: int = 32, lr: float = 1e-3, base: int = 32,
-                  psi: float = 1.0, image_weight: float = 0.0, seed: int = 0, progress: bool = False) -> "LatentEncoder":
-    """Train an encoder on samples of G: loss = ‖E(G(w)) − (w − w_avg)‖² (+ image MSE of G(E(x)) if weighted)."""
+                  psi: float = 1.0, seed: int = 0, progress: bool = False) -> "LatentEncoder":
+    """Train an encoder on samples of G (half of the batches style-mixed): loss = ‖E(G(w)) − (w − w_avg)‖²."""
     torch.manual_seed(seed)
     cfg = EncoderConfig(G.cfg.resolution, G.num_ws, G.cfg.w_dim, base)
     enc = Encoder(cfg).train()
@@ -93,8 +94,6 @@ def train_encoder(G: Generator, steps: int = 2000, batch: int = 32, lr: float = 
             img = G.synthesis(ws, noise_mode="const")
         pred = enc(img)
         loss = (pred - (ws - w_avg)).square().mean()
-        if image_weight > 0:
-            loss = loss + image_weight * (G.synthesis(pred + w_avg) - img).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -108,30 +107,22 @@ def train_encoder(G: Generator, steps: int = 2000, batch: int = 32, lr: float = 
 class LatentEncoder:
     """The trained encoder plus the identity of the generator it belongs to."""
 
-    def __init__(self, encoder: Encoder, gen_id: str, meta: dict | None = None) -> None:
+    def __init__(self, encoder: Encoder, generator_id: str, meta: dict | None = None) -> None:
         self.encoder = encoder
-        self.generator_id = gen_id
+        self.generator_id = generator_id
         self.meta = meta or {}
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write config, generator id, weights and ``meta`` atomically."""
         # Float weights stored as fp16 (half the size; the start it gives is refined by optimisation anyway).
         state = {k: v.half() if v.is_floating_point() else v for k, v in self.encoder.state_dict().items()}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save({"format": "dgan-encoder", "config": asdict(self.encoder.cfg), "generator_id": self.generator_id,
-                    "state_dict": state, "meta": self.meta}, tmp)
-        tmp.replace(path)
-        return path
+        return save_checkpoint(path, "encoder", {"config": asdict(self.encoder.cfg), "generator_id": self.generator_id,
+                                                 "state_dict": state, "meta": self.meta})
 
     @classmethod
-    def load(cls, path: str | Path, gen_id: str | None = None) -> "LatentEncoder":
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(data, dict) or data.get("format") != "dgan-encoder":
-            raise ValueError(f"{path} is not an encoder file written by dgan (format 'dgan-encoder')")
-        if gen_id is not None and data["generator_id"] != gen_id:
-            raise ValueError(f"{path} was trained for generator {data['generator_id']}, not {gen_id}; "
-                             "train one for this generator with `dgan train-encoder`")
+    def load(cls, path: str | Path, generator_id: str | None = None) -> "LatentEncoder":
+        """Load (eval mode, fp32); if ``generator_id`` is given, refuse an encoder trained for another generator."""
+        data = load_checkpoint(path, "encoder", generator_id)
         enc = Encoder(EncoderConfig(**data["config"]))
         enc.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in data["state_dict"].items()})
         return cls(enc.eval(), data["generator_id"], data.get("meta"))

@@ -1,5 +1,7 @@
+import pytest
 import torch
 
+from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.generator.checkpoints import generator_id, load_generator, save_generator
 from model.generator.stylegan2 import Generator, GeneratorConfig
 
@@ -52,9 +54,12 @@ def test_own_format_round_trip(tmp_path, tiny_G):
     z = torch.randn(4, 32)
     assert torch.equal(G2(z), tiny_G(z))
     assert generator_id(G2) == generator_id(tiny_G) != generator_id(tiny_generator(seed=1))
-    # The file loads with weights_only (no code).
-    data = torch.load(path, weights_only=True)
-    assert data["format"] == "dgan-generator" and data["config"]["resolution"] == 32
+    # Another kind of dgan file passed as a generator, and a generator passed as another kind, are named.
+    enc = save_checkpoint(tmp_path / "enc.pt", "encoder", {"config": {}, "generator_id": "x", "state_dict": {}})
+    with pytest.raises(CheckpointError, match="holds an inversion encoder .dgan-encoder., but a StyleGAN2 generator"):
+        load_generator(enc)
+    with pytest.raises(CheckpointError, match="holds a StyleGAN2 generator .dgan-generator., but an inversion encoder"):
+        load_checkpoint(path, "encoder")
 
 
 def test_gradients_reach_every_parameter():

@@ -36,7 +36,8 @@ def test_train_checkpoint_and_resume(folder, tmp_path):
     assert log[-1]["step"] == 4 and np.isfinite(log[-1]["loss_D"]) and "r1" in log[-1] and "pl" in log[-1]
     assert list(tmp_path.glob("grid-kimg*.png")) and list((tmp_path / "snapshots").glob("*.pt"))
     G1 = load_generator(tmp_path / "generator.pt")
-    assert G1.cfg.resolution == 32
+    z = torch.randn(2, 32)
+    assert torch.equal(G1(z), tr.G_ema(z))                 # generator.pt is the EMA generator
 
     # Resume continues the counters and changes the weights; the architecture comes from the checkpoint.
     cfg = _cfg(folder, tmp_path, 0.032)
@@ -44,7 +45,6 @@ def test_train_checkpoint_and_resume(folder, tmp_path):
     tr2 = train_gan(cfg, resume=True, show_progress=False)
     assert tr2.step == 8 and tr2.nimg == 32
     G2 = load_generator(tmp_path / "generator.pt")
-    z = torch.randn(2, 32)
     assert not torch.equal(G1(z), G2(z))
 
 
@@ -71,10 +71,23 @@ def test_time_limit_stops_and_checkpoints(folder, tmp_path):
     cfg.time_limit_minutes = 0.0          # one step, then stop as if the session's time were up
     tr = train_gan(cfg, show_progress=False)
     assert tr.step == 1 and tr.nimg == 4
-    state = torch.load(tmp_path / "state.pt", map_location="cpu", weights_only=True)
-    assert state["step"] == 1 and state["train_config"]["time_limit_minutes"] == 0.0
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 1 and np.isfinite(log[-1]["loss_G"])
+    # The checkpoint written at the stop resumes exactly where it stopped.
+    resumed = Trainer(_cfg(folder, tmp_path, 100.0), resume=True)
+    assert (resumed.step, resumed.nimg) == (1, 4)
+    z = torch.randn(2, 32)
+    assert torch.equal(resumed.G_ema(z), tr.G_ema(z)) and torch.equal(resumed.G(z), tr.G(z))
+
+
+def test_resume_reads_a_state_written_before_checkpoints_had_a_format(folder, tmp_path):
+    tr = train_gan(_cfg(folder, tmp_path, 0.004), show_progress=False)
+    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    del state["format"], state["version"]
+    torch.save(state, tmp_path / "state.pt")
+    resumed = Trainer(_cfg(folder, tmp_path, 0.004), resume=True)
+    z = torch.randn(2, 32)
+    assert resumed.step == tr.step == 1 and torch.equal(resumed.G_ema(z), tr.G_ema(z))
 
 
 def test_cuda_device_refused_clearly_without_cuda(folder, tmp_path):

@@ -5,6 +5,8 @@ Our format (``.pt``, read with ``weights_only=True``)::
     {"format": "dgan-generator", "version": 1, "config": GeneratorConfig.to_dict(),
      "state_dict": {...}, "meta": {...}}
 
+written and checked by ``model.checkpoint`` like every other checkpoint kind.
+
 NVlabs stylegan2-ada-pytorch / stylegan3 pickles embed source code and run arbitrary globals when
 unpickled. :func:`read_nvlabs_pickle` reads them with a restricted unpickler that knows only the
 handful of globals such a pickle needs (tensor rebuilding, ``OrderedDict``, ``EasyDict`` and the
@@ -24,15 +26,11 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import CheckpointError, check_checkpoint, save_checkpoint
 from .stylegan2 import Generator, GeneratorConfig
 
-FORMAT = "dgan-generator"
 SUPPORTED = ("our .pt (dgan-generator)", "NVlabs stylegan2-ada-pytorch/stylegan3 .pkl (StyleGAN2 configs)",
              "rosinality stylegan2-pytorch .pt (with 'g_ema')")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be read; the message says why and what to do."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -41,15 +39,10 @@ class CheckpointError(ValueError):
 
 def save_generator(G: Generator, path: str | Path, meta: dict | None = None) -> Path:
     """Write ``G`` (config + state dict) atomically to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": 1, "config": G.cfg.to_dict(),
-               "state_dict": {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()},
-               "meta": meta or {}}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return save_checkpoint(path, "generator", {
+        "config": G.cfg.to_dict(),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()},
+        "meta": meta or {}})
 
 
 def generator_from_state(config: dict, state_dict: dict[str, torch.Tensor]) -> Generator:
@@ -283,7 +276,8 @@ def load_generator(path: str | Path) -> Generator:
                               f"{str(e).splitlines()[0][:200]}). Supported formats: {'; '.join(SUPPORTED)}. "
                               "rosinality checkpoints holding an argparse.Namespace: re-save them with "
                               "args as a dict, or pass only the 'g_ema' state dict.") from e
-    if isinstance(data, dict) and data.get("format") == FORMAT:
+    if isinstance(data, dict) and "format" in data:      # ours: refuses other dgan kinds by name
+        data = check_checkpoint(data, path, "generator")
         return generator_from_state(data["config"], data["state_dict"])
     if isinstance(data, dict) and "g_ema" in data:
         return from_rosinality_state_dict(data["g_ema"], data.get("latent_avg"))

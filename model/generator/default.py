@@ -33,7 +33,7 @@ def load_encoder_for(G: Generator, path: str | Path | None = None):
     from ..inversion import LatentEncoder
 
     if path:
-        return LatentEncoder.load(path, gen_id=generator_id(G))
+        return LatentEncoder.load(path, generator_id=generator_id(G))
     if DEFAULT_ENCODER.is_file():
         enc = LatentEncoder.load(DEFAULT_ENCODER)
         if enc.generator_id == generator_id(G):

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import load_checkpoint, save_checkpoint
 from .stylegan2 import EqualizedLinear, default_channels
 
 
@@ -87,29 +88,17 @@ class Discriminator(nn.Module):
         return self.out(self.fc(x.flatten(1)))
 
 
-FORMAT = "dgan-discriminator"
-
-
 def save_discriminator(D: Discriminator, path: str | Path, generator_id: str) -> Path:
     """Write ``D`` (config + state dict + the id of the generator it was trained with) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "config": D.cfg.to_dict(), "generator_id": generator_id,
-               "state_dict": {k: v.detach().cpu().contiguous() for k, v in D.state_dict().items()}}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return save_checkpoint(path, "discriminator", {
+        "config": D.cfg.to_dict(), "generator_id": generator_id,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in D.state_dict().items()}})
 
 
 def load_discriminator(path: str | Path, generator_id: str | None = None) -> Discriminator:
     """Load a discriminator written by :func:`save_discriminator` (eval mode, no grad); with
     ``generator_id``, refuse one trained with another generator."""
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a discriminator file written by dgan (format {FORMAT!r})")
-    if generator_id is not None and data["generator_id"] != generator_id:
-        raise ValueError(f"{path} was trained with generator {data['generator_id']}, not {generator_id}")
+    data = load_checkpoint(path, "discriminator", generator_id)
     D = Discriminator(DiscriminatorConfig(**data["config"]))
     D.load_state_dict(data["state_dict"])
     return D.eval().requires_grad_(False)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..checkpoint import load_checkpoint, save_checkpoint
 from ..images import load_image_folder, save_grid, to_uint8
 from .augment import augment
 from .checkpoints import generator_id, save_generator
@@ -89,7 +90,7 @@ class Trainer:
         state_path = self.out / "state.pt"
         state = None
         if resume and state_path.exists():
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            state = load_checkpoint(state_path, "train-state")
             saved = state["train_config"]
             # Architecture comes from the checkpoint; schedule settings may be changed on resume.
             cfg.generator, cfg.discriminator = saved["generator"], saved["discriminator"]
@@ -188,9 +189,7 @@ class Trainer:
                  "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "step": self.step,
                  "nimg": self.nimg, "wall": self.wall, "pl_mean": self.pl_mean.cpu(), "rng": torch.get_rng_state(),
                  "train_config": asdict(self.cfg)}
-        tmp = self.out / "state.pt.tmp"
-        torch.save(state, tmp)
-        tmp.replace(self.out / "state.pt")
+        save_checkpoint(self.out / "state.pt", "train-state", state)
         meta = {"kimg": kimg, "step": self.step, "train_config": asdict(self.cfg)}
         save_generator(self.G_ema, self.out / "generator.pt", meta=meta)
         # D's early features serve as a perceptual loss for inversion (model/inversion.py).
