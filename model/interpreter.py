@@ -7,8 +7,10 @@ stacked and every layer is one batched matmul, each member drawing its own mini-
 members' diversity) — an order of magnitude more pixels per second on a CPU.
 
 Memory is bounded by a class-balanced pixel sample: at most ``per_class`` pixels of each class are
-kept per fit (all pixels of rare classes), and the loss re-weights them by their sampling rate so the
-fitted classifier still sees the natural class frequencies.
+kept per fit (all pixels of rare classes). By default (``class_weighting="balanced"``) every class
+then weighs the same in the loss, which labels small parts better; ``"natural"`` re-weights each
+pixel by its class's sampling rate, so the loss sees the natural class frequencies as DatasetGAN's
+plain cross-entropy does.
 
 Prediction: per-pixel majority vote of the members, mean probabilities, Jensen–Shannon uncertainty
 H(mean p) − mean H(p), and a per-image score (mean of the top 10% pixel uncertainties).
@@ -27,6 +29,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .checkpoint import load_checkpoint, save_checkpoint
+
+# Config keys older files carry that no longer mean anything (min_region_px was always 0).
+_RETIRED_CONFIG_KEYS = ("min_region_px",)
 
 @dataclass
 class InterpreterConfig:
@@ -42,7 +48,6 @@ class InterpreterConfig:
     # steps, 27 s on 2 cores); more adds < 1 point (README, "Interpreter training length").
     epochs: float = 12.0
     per_class: int = 20_000               # pixel-sample cap per class
-    min_region_px: int = 0                # connected label regions smaller than this become background
     # "balanced": every class weighs the same in the loss (pixels sampled per class, no reweighting);
     # "natural": importance weights restore each class's pixel frequency (DatasetGAN's plain CE). On the
     # default domain, balanced labels small parts better: 36.4 vs 32.7 % mIoU through inversion (README).
@@ -87,7 +92,7 @@ class EnsembleMLP(nn.Module):
 class Prediction:
     """Interpreter output for N images of H×W pixels."""
 
-    labels: np.ndarray          # uint8 [N, H, W] majority vote (tiny regions cleaned)
+    labels: np.ndarray          # uint8 [N, H, W] majority vote of the members (ties: higher mean p)
     probs: np.ndarray           # float32 [N, C, H, W] mean of the members' softmax
     uncertainty: np.ndarray     # float32 [N, H, W] Jensen–Shannon divergence across members, ≥ 0
     score: np.ndarray           # float32 [N] mean of the top-10% pixel uncertainties (higher = less certain)
@@ -140,24 +145,6 @@ def _argmax_first(x: torch.Tensor) -> torch.Tensor:
         best = torch.where(better, x[c], best)
         idx.masked_fill_(better, c)
     return idx
-
-
-def remove_small_regions(labels: np.ndarray, min_px: int) -> np.ndarray:
-    """Reset 4-connected regions smaller than ``min_px`` pixels to background (class 0). uint8 [..., H, W]."""
-    if min_px <= 1:
-        return labels
-    from scipy import ndimage
-
-    out = labels.copy()
-    for lab in out.reshape(-1, *labels.shape[-2:]):
-        for c in np.unique(lab):
-            if c == 0:
-                continue
-            comps, n = ndimage.label(lab == c)
-            sizes = np.bincount(comps.ravel(), minlength=n + 1)
-            small = np.isin(comps, np.nonzero(sizes < min_px)[0]) & (comps > 0)
-            lab[small] = 0
-    return out
 
 
 class Interpreter:
@@ -275,7 +262,7 @@ class Interpreter:
                                                                  torch.ones(e, n * hgt * wid))
         labels = _argmax_first(votes.reshape(n_cls, n, -1) + 1e-3 * mean)               # ties → higher mean p
         js = (ent_mean - mean_ent).clamp_min(0)                                          # [N, HW]
-        labels = remove_small_regions(labels.reshape(n, hgt, wid).to(torch.uint8).numpy(), self.cfg.min_region_px)
+        labels = labels.reshape(n, hgt, wid).to(torch.uint8).numpy()
         top = max(1, int(round(0.1 * hgt * wid)))
         return Prediction(labels, mean.reshape(n_cls, n, hgt, wid).permute(1, 0, 2, 3).contiguous().numpy(),
                           js.reshape(n, hgt, wid).numpy(), js.topk(top, dim=1).values.mean(1).numpy())
@@ -290,27 +277,18 @@ class Interpreter:
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path, meta: dict | None = None) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": "dgan-interpreter", "version": 1, "config": asdict(self.cfg),
-                   "class_names": self.class_names, "generator_id": self.generator_id,
-                   "state_dict": self.model.state_dict(), "meta": meta or {},
-                   "report": asdict(self.report) if self.report else None}
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)
-        return path
+        """Write config, class names, generator id, weights, ``meta`` and the fit report atomically."""
+        return save_checkpoint(path, "interpreter", {
+            "config": asdict(self.cfg), "class_names": self.class_names, "generator_id": self.generator_id,
+            "state_dict": self.model.state_dict(), "meta": meta or {},
+            "report": asdict(self.report) if self.report else None})
 
     @classmethod
     def load(cls, path: str | Path, generator_id: str | None = None) -> "Interpreter":
-        """Load; if ``generator_id`` is given, refuse an interpreter fitted for another generator."""
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(data, dict) or data.get("format") != "dgan-interpreter":
-            raise ValueError(f"{path} is not an interpreter file written by dgan (format 'dgan-interpreter')")
-        if generator_id is not None and data["generator_id"] != generator_id:
-            raise ValueError(f"{path} was fitted for generator {data['generator_id']}, not for the loaded generator "
-                             f"{generator_id}; fit a new interpreter for this generator")
-        interp = cls(InterpreterConfig(**data["config"]), data["class_names"], data["generator_id"])
+        """Load (eval mode); if ``generator_id`` is given, refuse an interpreter fitted for another generator."""
+        data = load_checkpoint(path, "interpreter", generator_id)
+        config = {k: v for k, v in data["config"].items() if k not in _RETIRED_CONFIG_KEYS}
+        interp = cls(InterpreterConfig(**config), data["class_names"], data["generator_id"])
         interp.model.load_state_dict(data["state_dict"])
         interp.model.eval()
         if data.get("report"):

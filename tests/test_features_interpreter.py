@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from model.features import FeatureExtractor
 from model.generator.checkpoints import generator_id
-from model.interpreter import Interpreter, InterpreterConfig, balanced_pixel_sample, remove_small_regions
+from model.checkpoint import CheckpointError
+from model.interpreter import Interpreter, InterpreterConfig, balanced_pixel_sample
 from model.labeling import fit_from_latents, label_latents
 
 from .conftest import tiny_generator
@@ -51,12 +52,15 @@ def test_fit_predict_uncertainty_and_save_load(tmp_path, tiny_G):
     masks = _brightness_masks(tiny_G, ws)
     cfg = InterpreterConfig(in_dim=0, n_classes=3, members=4, epochs=30, batch=512, per_class=3000)
     interp = fit_from_latents(tiny_G, ws, masks.numpy().astype(np.uint8), ["dark", "mid", "bright"], cfg)
-    assert interp.report.pixels <= 9000 and np.isfinite(interp.report.final_loss)
+    # The pixel sample is capped per class: 3,000 of each class (or all of a class with fewer).
+    counts = np.bincount(masks.reshape(-1).numpy(), minlength=3)
+    assert interp.report.class_pixels == np.minimum(counts, 3000).tolist()
     _, pred = label_latents(tiny_G, interp, ws)
     acc = (torch.from_numpy(pred.labels).long() == masks).float().mean().item()
     assert acc > 0.8, acc
     assert pred.probs.shape == (8, 3, 32, 32) and np.allclose(pred.probs.sum(1), 1, atol=1e-4)
-    assert (pred.uncertainty >= 0).all() and pred.score.shape == (8,)
+    top = np.sort(pred.uncertainty.reshape(8, -1), axis=1)[:, -round(0.1 * 32 * 32):]
+    np.testing.assert_allclose(pred.score, top.mean(1), rtol=1e-5)   # image score: mean of the top-10 % pixels
     assert np.log(3) >= pred.uncertainty.max()                       # JS is bounded by log C
     # Uncertainty is higher where the classes meet (near thresholds) than deep inside a class.
     edges = (F.max_pool2d(masks[:, None].float(), 3, 1, 1) != -F.max_pool2d(-masks[:, None].float(), 3, 1, 1))[:, 0]
@@ -66,16 +70,10 @@ def test_fit_predict_uncertainty_and_save_load(tmp_path, tiny_G):
     again = Interpreter.load(path, generator_id=generator_id(tiny_G))
     _, pred2 = label_latents(tiny_G, again, ws)
     assert np.array_equal(pred2.labels, pred.labels)
-    with pytest.raises(ValueError, match="fitted for generator"):
-        Interpreter.load(path, generator_id=generator_id(tiny_generator(seed=5)))
-
-
-def test_remove_small_regions():
-    lab = np.zeros((1, 8, 8), np.uint8)
-    lab[0, :4, :4] = 1     # 16 px region stays
-    lab[0, 7, 7] = 2       # 1 px speck goes
-    out = remove_small_regions(lab, 3)
-    assert out[0, 7, 7] == 0 and (out[0, :4, :4] == 1).all()
+    other = generator_id(tiny_generator(seed=5))
+    with pytest.raises(CheckpointError, match=f"interpreter fitted for generator {generator_id(tiny_G)}, not for "
+                                              f"the loaded generator {other}.*dgan fit"):
+        Interpreter.load(path, generator_id=other)
 
 
 def test_native_resolution_prediction_equals_full_features(tiny_G):
@@ -94,17 +92,37 @@ def test_native_resolution_prediction_equals_full_features(tiny_G):
     assert (a.labels == b.labels).mean() > 0.999
 
 
-def test_class_weighting_is_validated_and_both_modes_fit(tiny_G):
-    from model.interpreter import InterpreterConfig
-    from model.labeling import fit_from_latents
-
+def test_natural_weighting_restores_class_frequencies_balanced_does_not():
     with pytest.raises(ValueError, match="class_weighting must be"):
         InterpreterConfig(in_dim=8, n_classes=3, class_weighting="inverse")
+    # Two overlapping feature clouds, the second class 10 % of the pixels, sampled 200 per class.
+    g = torch.Generator().manual_seed(0)
+    labels = torch.zeros(1, 40, 50, dtype=torch.long)
+    labels[0, :4] = 1
+    x = torch.randn(2000, 2, generator=g) + labels.reshape(-1, 1).float() * 1.5
+    idx, w = balanced_pixel_sample(labels, per_class=200, n_classes=2, generator=g)
+    grid = torch.linspace(-1, 2.5, 64)
+    probe = torch.stack(torch.meshgrid(grid, grid, indexing="ij"))[None]       # features [1, 2, 64, 64]
+    share = {}
+    for mode, weights in (("balanced", None), ("natural", w)):
+        interp = Interpreter(InterpreterConfig(in_dim=2, n_classes=2, members=4, epochs=30, batch=128,
+                                               class_weighting=mode), ["a", "b"], "g")
+        interp.fit(x[idx], labels.reshape(-1)[idx], weights)
+        share[mode] = float((interp.predict(probe).labels == 1).mean())
+    # Balanced: the boundary halfway between the clouds (the probe is symmetric about it). Natural: the
+    # 9:1 prior moves it towards the rare class, which then wins far less of the probe.
+    assert abs(share["balanced"] - 0.5) < 0.1 and share["natural"] < share["balanced"] - 0.1, share
+
+
+def test_class_weighting_changes_the_fit_only_when_the_sample_is_capped(tiny_G):
     ws = tiny_G.map(torch.randn(2, 32, generator=torch.Generator().manual_seed(0)))
     masks = np.zeros((2, 32, 32), np.uint8)
     masks[:, 10:20, 10:20] = 1
     masks[:, 14:16, 14:16] = 2                       # a rare class: 4 of 1,024 pixels
-    for mode in ("balanced", "natural"):
-        cfg = InterpreterConfig(in_dim=0, n_classes=3, members=2, epochs=2, class_weighting=mode)
-        interp = fit_from_latents(tiny_G, ws, masks, ["bg", "a", "b"], cfg)
-        assert interp.cfg.class_weighting == mode and np.isfinite(interp.report.final_loss)
+
+    def labels(mode: str, per_class: int) -> np.ndarray:
+        cfg = InterpreterConfig(in_dim=0, n_classes=3, members=2, epochs=2, per_class=per_class, class_weighting=mode)
+        return label_latents(tiny_G, fit_from_latents(tiny_G, ws, masks, ["bg", "a", "b"], cfg), ws)[1].labels
+
+    assert np.array_equal(labels("balanced", 2048), labels("natural", 2048))   # every pixel kept: weights all 1
+    assert not np.array_equal(labels("balanced", 8), labels("natural", 8))
