@@ -101,7 +101,7 @@ def results_to_mask(results: list[dict], label_map: LabelMap, height: int | None
     return mask
 
 
-def mask_to_results(mask: np.ndarray, label_map: LabelMap, scores: dict[int, float] | None = None) -> list[dict]:
+def mask_to_results(mask: np.ndarray, label_map: LabelMap) -> list[dict]:
     """Class mask uint8 [H, W] → one brush result per class present (background skipped)."""
     h, w = mask.shape
     results = []
@@ -111,12 +111,9 @@ def mask_to_results(mask: np.ndarray, label_map: LabelMap, scores: dict[int, flo
         if cid > len(label_map.labels):
             raise ValueError(f"class id {int(cid)} has no label in the project's BrushLabels {list(label_map.labels)}")
         rle = encode_mask(mask == cid)
-        item = {"from_name": label_map.from_name, "to_name": label_map.to_name, "type": "brushlabels",
-                "original_width": int(w), "original_height": int(h), "image_rotation": 0,
-                "value": {"format": "rle", "rle": rle, "brushlabels": [label_map.labels[cid - 1]]}}
-        if scores and int(cid) in scores:
-            item["score"] = round(float(scores[int(cid)]), 4)
-        results.append(item)
+        results.append({"from_name": label_map.from_name, "to_name": label_map.to_name, "type": "brushlabels",
+                        "original_width": int(w), "original_height": int(h), "image_rotation": 0,
+                        "value": {"format": "rle", "rle": rle, "brushlabels": [label_map.labels[cid - 1]]}})
     return results
 
 

@@ -7,10 +7,10 @@ channels by the demodulation coefficients): mathematically identical to the per-
 convolution and much faster on CPUs.
 
 Two resampling conventions are supported by :class:`GeneratorConfig.upsample`:
-- ``"fir"``: transposed 3×3 convolution + [1,3,3,1] FIR blur, and FIR upsampling of the skip image —
-  the convention of both published StyleGAN2 codebases (needed to load their checkpoints exactly);
-- ``"bilinear"``: bilinear ×2 then a 3×3 convolution, bilinear skip upsampling — our default where
-  it is measured faster.
+- ``"fir"`` (the default): transposed 3×3 convolution + [1,3,3,1] FIR blur, and FIR upsampling of
+  the skip image — the convention of both published StyleGAN2 codebases (needed to load their
+  checkpoints exactly), and measured the faster of the two on CPUs;
+- ``"bilinear"``: bilinear ×2 then a 3×3 convolution, bilinear skip upsampling.
 
 Every :class:`SynthesisLayer` is its own module, so forward hooks on
 :meth:`Generator.feature_layers` give per-layer feature maps (used by ``model.features``).
@@ -301,10 +301,6 @@ class Generator(nn.Module):
         for block in self.synthesis.blocks():
             for layer in block.layers():
                 yield f"b{block.resolution}.{'conv0' if layer is getattr(block, 'conv0', None) else 'conv1'}", layer
-
-    def noise_shapes(self) -> list[tuple[int, int]]:
-        """Spatial size of each conv layer's noise input, in the order ``synthesis(noise=...)`` expects."""
-        return [(layer.resolution, layer.resolution) for _, layer in self.feature_layers()]
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, psi: float = 1.0, batch_size: int = 32,
