@@ -51,7 +51,7 @@ def test_shifted_variant_differs():
 def test_cli_render(tmp_path):
     assert main(["domain", "render", "--n", "8", "--seed", "0", "--size", "64", "--out", str(tmp_path), "--quiet"]) == 0
     meta = json.loads((tmp_path / "labels.json").read_text())
-    assert len(meta["classes"]) >= 9 and meta["classes"][0] == "background"
+    assert meta["classes"] == list(CLASSES)
     images = sorted((tmp_path / "images").glob("*.png"))
     labels = sorted((tmp_path / "labels").glob("*.png"))
     assert len(images) == len(labels) == 8

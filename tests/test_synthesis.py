@@ -40,9 +40,15 @@ def test_dataset_folder_and_resume(tmp_path, tiny_G, interp):
     summary = write_synthetic_dataset(tiny_G, interp, tmp_path, n=20, seed=100, filter_frac=0.1, chunk=10)
     lines = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert summary["kept_total"] == len(lines) == 18
-    assert all(100 <= x["seed"] < 120 and x["uncertainty"] >= 0 for x in lines)
-    lab = read_label_png(tmp_path / lines[0]["label"])
-    assert lab.shape == (32, 32) and lab.max() < 3
+    # Each chunk of 10 drops its one most uncertain sample; what is written is what the seed generates.
+    fresh = {s.seed: s for s in generate_chunk(tiny_G, interp, list(range(100, 120)))}
+    for start in (100, 110):
+        kept = {x["seed"] for x in lines if start <= x["seed"] < start + 10}
+        dropped = set(range(start, start + 10)) - kept
+        assert dropped == {max(range(start, start + 10), key=lambda sd: fresh[sd].uncertainty)}
+    for x in lines:
+        assert x["uncertainty"] == pytest.approx(fresh[x["seed"]].uncertainty, abs=1e-6)
+    assert np.array_equal(read_label_png(tmp_path / lines[0]["label"]), fresh[lines[0]["seed"]].labels)
     z = np.load(tmp_path / lines[0]["latent"])
     assert z["ws"].shape == (9, tiny_G.num_ws, 32) and lines[0]["seed"] in z["seeds"]
     # Simulate a crash after the first chunk: drop the second chunk's record, then resume.
