@@ -45,12 +45,13 @@ class InterpreterConfig:
     # Passes over the pixel sample. DatasetGAN stops after ~4 epochs, but its sample is millions of pixels
     # (tens of thousands of steps); 16 images at 64 px give ~40k pixels, where 4 epochs (78 steps) leave
     # the MLPs undertrained: 36.5 % mIoU through inversion vs 58.8 % at 12 epochs of batch 1024 (466
-    # steps, 27 s on 2 cores); more adds < 1 point (docs/results.md, "Interpreter training length").
+    # steps, 22 s on 2 cores); more adds < 1 point (docs/results.md, "Interpreter training length").
     epochs: float = 12.0
     per_class: int = 20_000               # pixel-sample cap per class
     # "balanced": every class weighs the same in the loss (pixels sampled per class, no reweighting);
     # "natural": importance weights restore each class's pixel frequency (DatasetGAN's plain CE). On the
-    # default domain, balanced labels small parts better: 36.4 vs 32.7 % mIoU through inversion (docs/results.md, "Inversion").
+    # default domain, balanced labels small parts better: 36.4 vs 32.7 % mIoU through inversion
+    # (docs/results.md, "Inversion").
     class_weighting: str = "balanced"
 
     def __post_init__(self) -> None:
