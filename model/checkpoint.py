@@ -43,8 +43,8 @@ KINDS: dict[str, Kind] = {
                       "convert yours with `dgan convert` or train one with `dgan train-gan`"),
     "encoder": Kind("an inversion encoder", "trained for",
                     "train one for this generator with `dgan train-encoder --generator G.pt --out enc.pt`"),
-    "interpreter": Kind("a DatasetGAN interpreter", "fitted for",
-                        "fit one for this generator with `dgan fit --generator G.pt --data LABELED_DIR --out interp.pt`"),
+    "interpreter": Kind("a DatasetGAN interpreter", "fitted for", "fit one for this generator with "
+                        "`dgan fit --generator G.pt --data LABELED_DIR --out interp.pt`"),
     "discriminator": Kind("a GAN discriminator", "trained with",
                           "use the discriminator.pt that `dgan train-gan` wrote beside this generator, or none"),
     "unet": Kind("a segmentation U-Net", "trained for", "train one with `dgan train-segmenter --out unet.pt`"),
