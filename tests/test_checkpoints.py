@@ -4,9 +4,12 @@ variants, refusal of foreign code and unknown formats."""
 import json
 import os
 import pickle
+import subprocess
 import sys
 import types
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,8 +70,10 @@ def _write_nvlabs_pickle(path):
                 mod.register_parameter(leaf, torch.nn.Parameter(value.clone()))
             else:
                 mod.register_buffer(leaf, value.clone())
+        # numpy arrays and scalars ride along in real snapshots (augment_pipe state): they must load.
         snapshot = dict(G=root, D=None, G_ema=root, augment_pipe=None,
-                        training_set_kwargs=EasyDict(path="ffhq.zip", resolution=32))
+                        training_set_kwargs=EasyDict(path="ffhq.zip", resolution=32, probs=np.arange(4.0),
+                                                     p=np.float32(0.5)))
         with open(path, "wb") as f:
             pickle.dump(snapshot, f)
     finally:
@@ -102,6 +107,59 @@ def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError, match="refusing to unpickle global (posix|os|nt).system"):
         load_generator(pkl)
     assert not (tmp_path / "pwned-by-pickle").exists()
+
+
+# Pickles an attacker would write: each names a global whose import or call runs code. The first is the
+# one that ran numpy's f2py command-line tool when any module starting with "numpy" was accepted.
+ATTACKS = {
+    "numpy.f2py.__main__": b"cnumpy.f2py.__main__\nscalar\n.",
+    "numpy.testing": b"cnumpy.testing\n_reconstruct\n.",
+    "numpy-lookalike": b"cnumpyevil\nndarray\n.",
+    "os.system": b"cos\nsystem\n(S'touch pwned'\ntR.",
+    "builtins.eval": b"cbuiltins\neval\n(S'1'\ntR.",
+    "builtins.getattr": b"cbuiltins\ngetattr\n.",
+    "torch.load": b"ctorch\nload\n.",
+    "torch.storage.pickle": b"ctorch.storage\npickle\n.",
+    "subprocess.Popen (protocol 4)": pickle.dumps(subprocess.Popen, protocol=4),
+    "_codecs.encode with another codec": b"c_codecs\nencode\n(S'x'\nS'rot13'\ntR.",
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_pickles_are_refused_without_importing_anything(tmp_path, name):
+    pkl = tmp_path / "network-snapshot.pkl"
+    pkl.write_bytes(ATTACKS[name])
+    before = set(sys.modules)
+    with pytest.raises(CheckpointError, match="refusing"):
+        load_generator(pkl)
+    assert set(sys.modules) - before == set()
+
+
+def test_the_f2py_pickle_runs_nothing_in_a_fresh_interpreter(tmp_path):
+    """The probe's attack, through `dgan convert`, in a fresh process that never imported f2py."""
+    pkl = tmp_path / "evil.pkl"
+    pkl.write_bytes(ATTACKS["numpy.f2py.__main__"])      # the old prefix rule imported it: f2py's CLI ran
+    code = ("import sys; from ls_backend.cli import main; rc = main(['convert', sys.argv[1], sys.argv[2]]); "
+            "print(rc, 'numpy.f2py' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(pkl), str(tmp_path / "out.pt")], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["2", "False"], out.stdout + out.stderr
+    assert "refusing to unpickle global numpy.f2py.__main__.scalar" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "out.pt").exists()
+
+
+def test_truncated_or_foreign_pkl_is_a_one_line_error(tmp_path, capsys):
+    good = tmp_path / "good.pkl"
+    _write_nvlabs_pickle(good)
+    data = good.read_bytes()
+    cases = {"truncated.pkl": data[: len(data) // 2], "empty.pkl": b"", "text.pkl": b"hello, not a pickle\n",
+             "zip.pkl": b"PK\x03\x04" + os.urandom(64)}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        assert main(["convert", str(tmp_path / name), str(tmp_path / "out.pt")]) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "not a readable NVlabs network pickle" in err, (name, err)
+    assert not (tmp_path / "out.pt").exists()
 
 
 def test_unknown_formats_name_the_supported_ones(tmp_path, capsys):

@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..checkpoint import CheckpointError, check_checkpoint, save_checkpoint
@@ -136,10 +137,28 @@ def _load_storage_weights_only(b: bytes) -> Any:
     return torch.load(io.BytesIO(b), weights_only=True)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Knows only what an NVlabs network pickle needs; every other global is refused."""
+def _codecs_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as protocol-2 numpy pickles use it (array bytes as latin-1 text), nothing else:
+    other encodings would make the codec machinery import modules."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise CheckpointError(f"refusing _codecs.encode(…, {encoding!r}) in a pickle: only latin1 text is read")
+    return text.encode("latin1")
 
-    _ALLOWED = {
+
+# numpy's own callables, taken from live objects (no import by name): arrays rebuild through
+# ``_reconstruct``, scalars through ``scalar``; numpy 1 and 2 spell the module differently.
+_NP_RECONSTRUCT = np.zeros(0).__reduce__()[0]
+_NP_SCALAR = np.float32(0).__reduce__()[0]
+_TORCH_STORAGES = ("FloatStorage", "DoubleStorage", "HalfStorage", "BFloat16Storage", "LongStorage", "IntStorage",
+                   "ShortStorage", "CharStorage", "ByteStorage", "BoolStorage")
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Knows only what an NVlabs network pickle needs: exact (module, name) pairs, each mapped to an
+    object this process already holds, so that reading a pickle never imports a module. Every other
+    global is refused — whatever its module's name starts with."""
+
+    _ALLOWED: dict[tuple[str, str], Any] = {
         ("collections", "OrderedDict"): collections.OrderedDict,
         ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
         ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
@@ -147,23 +166,29 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("torch.storage", "_load_from_bytes"): _load_storage_weights_only,
         ("torch", "device"): torch.device,
         ("torch", "Size"): torch.Size,
+        **{("torch", name): getattr(torch, name) for name in _TORCH_STORAGES},
         ("dnnlib.util", "EasyDict"): _EasyDict,
         ("torch_utils.persistence", "_reconstruct_persistent_obj"): _PersistentStub,
         ("builtins", "set"): set,
         ("builtins", "frozenset"): frozenset,
+        # numpy arrays and scalars appear in augment_pipe state
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): _NP_RECONSTRUCT,
+        ("numpy._core.multiarray", "_reconstruct"): _NP_RECONSTRUCT,
+        ("numpy.core.multiarray", "scalar"): _NP_SCALAR,
+        ("numpy._core.multiarray", "scalar"): _NP_SCALAR,
+        ("_codecs", "encode"): _codecs_encode,
     }
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._ALLOWED:
+        try:
             return self._ALLOWED[(module, name)]
-        if module == "torch" and name.endswith("Storage"):
-            return getattr(torch, name)
-        if module.startswith("numpy") and name in ("_reconstruct", "ndarray", "dtype", "scalar"):
-            mod = __import__(module, fromlist=[name])   # numpy arrays appear in augment_pipe state
-            return getattr(mod, name)
-        raise CheckpointError(f"refusing to unpickle global {module}.{name}: only NVlabs network pickles "
-                              "(tensors, OrderedDict, EasyDict, persistence records) are read; this file "
-                              "contains other code. Convert trusted checkpoints with their own code.")
+        except (KeyError, TypeError):
+            pass
+        raise CheckpointError(f"refusing to unpickle global {str(module)[:80]}.{str(name)[:80]}: only NVlabs network "
+                              "pickles (tensors, OrderedDict, EasyDict, persistence records, numpy arrays) are read; "
+                              "this file contains other code. Convert trusted checkpoints with their own code.")
 
 
 def _flatten_module_state(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -185,8 +210,17 @@ def _flatten_module_state(obj: Any, prefix: str = "") -> dict[str, torch.Tensor]
 
 def read_nvlabs_pickle(path: str | Path, key: str = "G_ema") -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, init_kwargs) of network ``key`` in an NVlabs pickle, without running its code."""
-    with open(path, "rb") as f:
-        data = _RestrictedUnpickler(f).load()
+    try:
+        with open(path, "rb") as f:
+            data = _RestrictedUnpickler(f).load()
+    except CheckpointError:
+        raise
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways inside pickle
+        raise CheckpointError(f"{path}: not a readable NVlabs network pickle ({type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:200]}); the file may be truncated or not a pickle. Supported formats: "
+                              f"{'; '.join(SUPPORTED)}") from e
     if not isinstance(data, dict) or key not in data:
         found = list(data) if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path}: expected an NVlabs snapshot dict with {key!r}, found {found}")
