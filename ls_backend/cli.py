@@ -204,10 +204,24 @@ def _cmd_worker(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_webhook_secret(a: argparse.Namespace) -> int:
+    from .client import LabelStudioClient
+    from .config import WEBHOOK_SECRET_HEADER, Settings
+
+    settings = Settings.from_env()
+    if not settings.webhook_secret:
+        raise ValueError("DGAN_WEBHOOK_SECRET is not set: set it (and BASIC_AUTH_USER/PASS) as for `dgan serve`")
+    url = a.backend_url.rstrip("/") + "/webhook"
+    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+    hook = client.set_webhook_headers(a.project, url, {WEBHOOK_SECRET_HEADER: settings.webhook_secret})
+    print(f"project {a.project}: webhook {hook} ({url}) now sends the {WEBHOOK_SECRET_HEADER} header")
+    return 0
+
+
 def _cmd_export(a: argparse.Namespace) -> int:
     from . import export
 
-    if bool(a.project) == bool(a.from_synthesis):
+    if (a.project is not None) == bool(a.from_synthesis):
         raise ValueError("give exactly one source: --project ID (Label Studio) or --from-synthesis DIR")
     if a.from_synthesis:
         classes, records = export.synthesis_records(a.from_synthesis)
@@ -288,6 +302,17 @@ def _cmd_bench(a: argparse.Namespace) -> int:
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def project_id(text: str) -> int:
+    """argparse type of --project: a Label Studio project id (an integer from 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a project id (an integer like 3)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a project id: Label Studio's ids start at 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="lossless COCO (RLE) or Pascal VOC export",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="--project reads LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY like `dgan serve`")
-    ex.add_argument("--project", type=int, default=None, help="Label Studio project id")
+    ex.add_argument("--project", type=project_id, default=None, help="Label Studio project id")
     ex.add_argument("--from-synthesis", default=None, help="a `dgan synthesize` folder instead of a project")
     ex.add_argument("--format", required=True, choices=["coco", "voc"])
     ex.add_argument("--include-predictions", action="store_true",
@@ -442,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="reads LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY / REDIS_URL / MODEL_DIR like `dgan serve`;\n"
                                "killed mid-run, the same command resumes with no duplicates and no gaps")
-    pu.add_argument("--project", type=int, required=True)
+    pu.add_argument("--project", type=project_id, required=True)
     pu.add_argument("--n", type=int, required=True, help="tasks to add (after filtering)")
     pu.add_argument("--chunk", type=int, default=500, help="seeds per chunk (one import request each)")
     pu.add_argument("--filter", type=float, default=0.1, help="drop this fraction of each chunk, most uncertain first")
@@ -453,9 +478,17 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--queue", action="store_true", help="queue the chunks for `dgan worker`s instead of running here")
     pu.set_defaults(func=_cmd_push)
 
+    wh = sub.add_parser("webhook-secret", help="make a project's Label Studio webhook send DGAN_WEBHOOK_SECRET",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="reads LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY / DGAN_WEBHOOK_SECRET like `dgan serve`;\n"
+                               "run it once per project after connecting the model (creates the webhook if missing)")
+    wh.add_argument("--project", type=project_id, required=True)
+    wh.add_argument("--backend-url", required=True, help="the model URL as entered in Label Studio, e.g. http://ml:9090")
+    wh.set_defaults(func=_cmd_webhook_secret)
+
     b = sub.add_parser("bench", help="benchmarks (JSON)")
     b.add_argument("what", choices=["generator", "interpreter", "inversion", "synthesis", "quality", "push"])
-    b.add_argument("--project", type=int, default=None, help="push: a trained Label Studio project")
+    b.add_argument("--project", type=project_id, default=None, help="push: a trained Label Studio project")
     b.add_argument("--n", type=int, default=None, help="push: tasks per import (default 500)")
     b.add_argument("--json", action="store_true", help="print one compact JSON object")
     b.add_argument("--out", default=None, help="also write the JSON here")
@@ -472,9 +505,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, ConnectionError, TimeoutError, RuntimeError) as e:
-        print(f"dgan {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"dgan {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for people; unexpected ones keep their traceback
+        message = _human_error(e)
+        if message is None:
+            raise
+        print(f"dgan {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+def _human_error(e: Exception) -> str | None:
+    """The one-line message for an error a user can act on, or None for a bug (re-raised with its traceback)."""
+    if isinstance(e, OSError) and not isinstance(e, ConnectionError) and e.filename is not None:
+        return f"{e.strerror or type(e).__name__}: {e.filename}" + (f" → {e.filename2}" if e.filename2 else "")
+    if isinstance(e, (ValueError, OSError, TimeoutError, RuntimeError)):
+        return str(e)
+    try:
+        from redis.exceptions import RedisError
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return None
+    if isinstance(e, RedisError):
+        return f"Redis: {e} (check REDIS_URL and that Redis is running)"
+    return None
 
 
 if __name__ == "__main__":

@@ -86,6 +86,31 @@ class LabelStudioClient:
         self._call(f"import {len(predictions)} predictions into project {project}",
                    self.ls.projects.import_predictions, id=project, request=predictions)
 
+    def ensure_local_storage(self, project: int, path: str, title: str) -> None:
+        """The project's Local Storage connection for ``path`` (a folder under Label Studio's document
+        root), created unless one exists."""
+        storage = self.ls.import_storage.local
+        for st in self._call(f"list local storages of project {project}", storage.list, project=project):
+            if getattr(st, "path", None) == path:
+                return
+        self._call(f"create local storage {path} for project {project}", storage.create, project=project, path=path,
+                   use_blob_urls=True, title=title)
+
+    def set_webhook_headers(self, project: int, url: str, headers: dict[str, str]) -> int:
+        """Make the project's webhook to ``url`` send ``headers`` (merged into its existing ones); create
+        the webhook (all actions, with payload) when Label Studio has none for that URL. Returns its id."""
+        what = f"webhooks of project {project}"
+        for hook in self._call(f"list {what}", self.ls.webhooks.list, project=str(project)):
+            hook = _plain(hook)
+            if hook.get("url") == url and hook.get("project") in (project, None):
+                merged = {**(hook.get("headers") or {}), **headers}
+                self._call(f"update webhook {hook['id']} of project {project}", self.ls.webhooks.update,
+                           hook["id"], url=url, headers=merged, is_active=True)
+                return int(hook["id"])
+        created = _plain(self._call(f"create a webhook for project {project}", self.ls.webhooks.create, url=url,
+                                    project=project, headers=headers, send_payload=True, send_for_all_actions=True))
+        return int(created["id"])
+
     def import_tasks(self, project: int, tasks: list[dict]) -> list[int]:
         """Bulk import tasks (with optional "predictions"); returns the new task ids.
 

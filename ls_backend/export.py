@@ -12,6 +12,8 @@ holes and specks, skips data-URI tasks). Here every mask is written pixel-exact:
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -101,11 +103,32 @@ def write_voc(records: Iterable[Record], classes: list[str], out: str | Path, va
 
 
 def write(records: Iterable[Record], classes: list[str], out: str | Path, fmt: str) -> dict:
+    """Write the dataset to ``out`` atomically: into a hidden sibling folder first, renamed to ``out`` only
+    once complete, so an interrupted export leaves no half-written ``out`` (a rerun just works)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if Path(out).exists() and any(Path(out).iterdir()):
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder; choose a new folder for the export (nothing was overwritten)")
+    if out.is_dir() and any(out.iterdir()):
         raise ValueError(f"{out} exists and is not empty; choose a new folder (nothing was overwritten)")
-    return write_coco(records, classes, out) if fmt == "coco" else write_voc(records, classes, out)
+    parent = out.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    except OSError as e:
+        raise ValueError(f"cannot write the export into {parent} ({e.strerror or e}); choose a folder you can "
+                         "write to (nothing was written)") from e
+    try:
+        summary = write_coco(records, classes, tmp) if fmt == "coco" else write_voc(records, classes, tmp)
+        tmp.chmod(0o755)                 # mkdtemp makes it private; the export is an ordinary folder
+        if out.is_dir():
+            out.rmdir()                  # empty (checked above); raises if something appeared meanwhile
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**summary, "out": str(out)}
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -147,7 +170,8 @@ def project_records(backend, project: int, include_predictions: bool = False) ->
     label_map = parse_label_config(backend.client.label_config(project))
 
     def gen() -> Iterator[Record]:
-        for task in backend.client.iter_tasks(project):
+        # Only annotated tasks unless predictions are wanted too (a pushed project has thousands of others).
+        for task in backend.client.iter_tasks(project, only_annotated=not include_predictions):
             anns = [a for a in (task.get("annotations") or []) if not a.get("was_cancelled")]
             source, chosen = "annotation", None
             if anns:

@@ -70,3 +70,71 @@ def test_export_from_a_dataset_folder_cli(tmp_path, capsys):
     assert main(["export", "--from-synthesis", str(tmp_path / "syn"), "--format", "voc",
                  "--out", str(tmp_path / "v")]) == 0
     assert main(["export", "--format", "voc", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_export_errors_are_one_line_and_nothing_half_written(tmp_path, capsys):
+    records, _ = _records()
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    assert main(["export", "--from-synthesis", str(tmp_path / "nope"), "--format", "coco", "--out",
+                 str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    write_domain_dataset(tmp_path / "syn", 2, seed=0, size=32)
+    for out in (target, "/sys/dgan-export"):         # onto a file; into a folder nobody may write (root neither)
+        assert main(["export", "--from-synthesis", str(tmp_path / "syn"), "--format", "coco", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("is a file, not a folder" in err or "cannot write the export" in err), err
+    assert target.read_text() == "keep me"
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        write(records, CLASSES, target, "coco")
+    with pytest.raises(ValueError, match="cannot write the export into /sys"):
+        write(records, CLASSES, "/sys/dgan-export", "coco")      # read-only even for root
+
+    def interrupted():
+        yield records[0]
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write(interrupted(), CLASSES, tmp_path / "coco", "coco")
+    assert sorted(tmp_path.iterdir()) == [target, tmp_path / "syn"]      # no folder, no partial leftovers
+    assert write(records, CLASSES, tmp_path / "coco", "coco")["images"] == 2     # so a rerun just works
+    (tmp_path / "empty").mkdir()
+    assert write(records, CLASSES, tmp_path / "empty", "voc")["images"] == 2     # an empty folder is fine
+
+
+def test_project_id_zero_is_refused_not_read_as_no_project(capsys):
+    for argv in (["export", "--project", "0", "--format", "coco", "--out", "x"],
+                 ["push", "--project", "-2", "--n", "5"], ["export", "--project", "abc", "--format", "voc", "--out", "x"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "not a project id" in err and "Traceback" not in err
+
+
+class AnnotatedOnly:
+    """Label Studio's task listing as the client exposes it, recording what was asked."""
+
+    def __init__(self):
+        self.asked = []
+
+    def label_config(self, project):
+        return ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+                '<Label value="ring"/></BrushLabels></View>')
+
+    def iter_tasks(self, project, only_annotated=False):
+        self.asked.append((project, only_annotated))
+        return iter(())
+
+
+def test_project_export_asks_only_for_annotated_tasks():
+    from types import SimpleNamespace
+
+    from ls_backend.export import project_records
+
+    client = AnnotatedOnly()
+    for include in (False, True):
+        classes, records = project_records(SimpleNamespace(client=client), 3, include_predictions=include)
+        assert classes == ["ring"] and list(records) == []
+    # Reviewed data only: the annotated tasks. With predictions, every task has to be looked at.
+    assert client.asked == [(3, True), (3, False)]
