@@ -20,6 +20,7 @@ from PIL import Image
 from .brush import LabelMap, mask_to_results, parse_label_config, results_to_mask, validate_results
 from .config import Settings
 from .fetch import decode_image, fetch_image_bytes
+from .fit_guard import annotations_digest, unchanged_fit
 from .store import ProjectStore, image_hash, model_version_name
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def parse_project_id(value) -> int:
 class Backend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store = ProjectStore(settings.model_dir)
+        self.store = ProjectStore(settings.model_dir, keep_versions=settings.keep_versions)
         self._lock = threading.Lock()
         self._interpreters: dict[int, tuple[int, object]] = {}
 
@@ -222,6 +223,10 @@ class Backend:
         label_config = self.client.label_config(project)
         label_map = parse_label_config(label_config)
         annotated = self.client.annotated_tasks(project)
+        digest = annotations_digest(annotated, label_config, self.generator_id)
+        unchanged = unchanged_fit(self.store, project, digest)
+        if unchanged is not None:        # e.g. START_TRAINING with nothing new: no new version
+            return unchanged
         items, masks, ids = [], [], []
         for task, annotation in annotated:
             try:
@@ -253,7 +258,7 @@ class Backend:
         interp.save(path)
         meta = {"model_version": model_version_name(version), "trained_on": ids, "n_images": len(items),
                 "cv_miou": cv, "fit_seconds": round(time.time() - t0, 2), "generator_id": self.generator_id,
-                "labels": list(label_map.labels)}
+                "labels": list(label_map.labels), "annotations_digest": digest}
         self.store.commit_version(project, version, meta)
         return meta
 

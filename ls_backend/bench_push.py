@@ -24,7 +24,7 @@ def bench_push(project: int, n: int = 500) -> dict:
     from .brush import mask_to_results, parse_label_config
     from .config import Settings
     from .jobs import redis_from_settings
-    from .push import CHUNK_KEY, Pusher, PushRun
+    from .push import Pusher, PushRun
 
     backend = Backend(Settings.from_env())
     version, interp = backend.interpreter(project)
@@ -55,7 +55,7 @@ def bench_push(project: int, n: int = 500) -> dict:
         pushed = Pusher(backend, conn).import_samples(run, 0, samples, interp, label_map)
         push_s = time.perf_counter() - t
     finally:
-        conn.delete(CHUNK_KEY.format(run=run.run_id, k=0))
+        conn.delete(backend.settings.keys.push_chunk(run.run_id, 0))
         for pid in scratch:
             requests.delete(f"{url}/api/projects/{pid}", headers=headers)
     return {"n": n, "pushed": pushed, "synthesis_s": round(synth_s, 2), "labeled_images_per_s": round(n / synth_s, 2),

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .redis_keys import DEFAULT_PREFIX, RedisKeys, check_prefix
+
 
 class ConfigError(ValueError):
     """A setting is missing or invalid; the message names the variable and what to set."""
@@ -23,10 +25,17 @@ ENV_DOC = {
     "DGAN_PREDICT_BUDGET_S": "Seconds /predict may spend before handing the rest to a job (default 60; LS waits 100)",
     "DGAN_ALLOWED_ROOTS": "Extra local folders (os.pathsep-separated) images may be read from; default none",
     "DGAN_MAX_IMAGE_PIXELS": "Refuse images with more pixels than this (default 40,000,000)",
-    "BASIC_AUTH_USER": "Optional basic auth for the backend's endpoints (set both USER and PASS)",
-    "BASIC_AUTH_PASS": "Optional basic auth password",
+    "DGAN_MAX_REQUEST_PIXELS": "Refuse (413) a /predict whose images add up to more pixels (default 100,000,000)",
+    "DGAN_MAX_REQUEST_BYTES": "Refuse (413) request bodies larger than this (default 33554432 = 32 MB)",
+    "BASIC_AUTH_USER": "Basic auth for the backend's endpoints (set USER, PASS and DGAN_WEBHOOK_SECRET, or none)",
+    "BASIC_AUTH_PASS": "Basic auth password",
+    "DGAN_WEBHOOK_SECRET": "Secret Label Studio's project webhook must send as header X-Dgan-Webhook-Secret "
+                           "(`dgan webhook-secret --project ID --backend-url URL` sets it); needs basic auth",
+    "DGAN_KEEP_VERSIONS": "Interpreter versions kept per project, newest first (default 5)",
+    "DGAN_REDIS_PREFIX": "Prefix of every Redis key (default dgan): installations sharing a Redis use different ones",
     "DGAN_QUEUE": "RQ queue name (default dgan)",
 }
+WEBHOOK_SECRET_HEADER = "X-Dgan-Webhook-Secret"
 
 
 @dataclass
@@ -44,6 +53,20 @@ class Settings:
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
     queue: str = "dgan"
+    webhook_secret: str | None = None
+    max_request_bytes: int = 32 << 20
+    max_request_pixels: int = 100_000_000
+    keep_versions: int = 5
+    redis_prefix: str = DEFAULT_PREFIX
+
+    @property
+    def keys(self) -> RedisKeys:
+        """The names of this installation's Redis keys."""
+        return RedisKeys(self.redis_prefix)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
@@ -73,8 +96,27 @@ class Settings:
             return value
 
         user, pw = env.get("BASIC_AUTH_USER") or None, env.get("BASIC_AUTH_PASS") or None
+        secret = env.get("DGAN_WEBHOOK_SECRET") or None
         if bool(user) != bool(pw):
             problems.append("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        elif user and not secret:
+            problems.append("BASIC_AUTH_USER is set but DGAN_WEBHOOK_SECRET is not: Label Studio sends annotation "
+                            "webhooks without basic auth, so /webhook needs its own secret. Set DGAN_WEBHOOK_SECRET "
+                            "(e.g. `python -c 'import secrets; print(secrets.token_hex(20))'`) and run `dgan "
+                            "webhook-secret --project ID --backend-url URL` for each project")
+        if secret and not user:
+            problems.append("DGAN_WEBHOOK_SECRET is set without BASIC_AUTH_USER/BASIC_AUTH_PASS: Label Studio sends "
+                            "START_TRAINING with the model connection's basic auth, not the webhook's header; set "
+                            "both (and the same user/password in the model connection's settings)")
+        if secret and (len(secret) < 16 or not secret.isascii() or not secret.isprintable() or " " in secret):
+            problems.append("DGAN_WEBHOOK_SECRET must be at least 16 printable ASCII characters without spaces "
+                            "(it travels as an HTTP header)")
+        prefix = env.get("DGAN_REDIS_PREFIX") or DEFAULT_PREFIX
+        try:
+            check_prefix(prefix)
+        except ValueError as e:
+            problems.append(f"DGAN_REDIS_PREFIX: {e}")
+            prefix = DEFAULT_PREFIX
         for name in ("DGAN_GENERATOR", "DGAN_ENCODER"):
             if env.get(name) and not Path(env[name]).is_file():
                 problems.append(f"{name}={env[name]!r} does not exist")
@@ -88,7 +130,15 @@ class Settings:
             predict_budget_s=number("DGAN_PREDICT_BUDGET_S", 60.0, float, 1),
             allowed_roots=roots,
             max_image_pixels=int(number("DGAN_MAX_IMAGE_PIXELS", 40_000_000, int, 1)),
-            basic_auth_user=user, basic_auth_pass=pw, queue=env.get("DGAN_QUEUE") or "dgan")
+            basic_auth_user=user, basic_auth_pass=pw, queue=env.get("DGAN_QUEUE") or "dgan",
+            webhook_secret=secret,
+            max_request_bytes=int(number("DGAN_MAX_REQUEST_BYTES", 32 << 20, int, 1024)),
+            max_request_pixels=int(number("DGAN_MAX_REQUEST_PIXELS", 100_000_000, int, 1)),
+            keep_versions=int(number("DGAN_KEEP_VERSIONS", 5, int, 1)),
+            redis_prefix=prefix)
+        if settings.max_request_pixels < settings.max_image_pixels:
+            problems.append(f"DGAN_MAX_REQUEST_PIXELS={settings.max_request_pixels} is below DGAN_MAX_IMAGE_PIXELS="
+                            f"{settings.max_image_pixels}: one allowed image would already be refused; raise it")
         if problems:
             raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems) +
                               "\nSee `dgan serve --help` for every variable.")

@@ -52,6 +52,19 @@ def ensure_redis(url: str, out: Path) -> str:
     return url
 
 
+def demo_namespace(ls_data_dir: Path) -> str:
+    """A name for this demo's Label Studio instance (kept in its data folder): its Redis keys and queue
+    live under it, so the demo shares a Redis with anything else and never clears what it did not write.
+    A fresh Label Studio (data folder removed) gets a fresh name, so old project ids cannot collide."""
+    import secrets
+
+    ls_data_dir.mkdir(parents=True, exist_ok=True)
+    marker = ls_data_dir / "dgan-demo-namespace"
+    if not marker.exists():
+        marker.write_text(f"dgan-demo-{secrets.token_hex(4)}\n")
+    return marker.read_text().strip()
+
+
 def _ping(url: str) -> bool:
     import redis
 
@@ -96,6 +109,7 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
     timings: dict[str, float] = {}
     _step(1, steps, "Redis and Label Studio (first start migrates its database: ~1-2 min)", t0)
     redis_url = ensure_redis(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"), out)
+    namespace = demo_namespace(out / "label-studio")
     ls = start_label_studio(out / "label-studio")
     timings["label_studio_start_s"] = round(time.time() - t0, 1)
     pids = {"label-studio": ls.process.pid}
@@ -104,11 +118,20 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
     port = free_port()
     import redis as _redis
 
-    db_url = redis_url.rsplit("/", 1)[0] + "/13"
-    _redis.Redis.from_url(db_url).flushdb()
-    env = {**os.environ, "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token, "REDIS_URL": db_url,
+    import secrets
+
+    from .config import WEBHOOK_SECRET_HEADER
+    from .redis_keys import RedisKeys
+
+    # Nothing in Redis is cleared: the demo's keys and queue carry its own namespace.
+    keys = RedisKeys(namespace)
+    # The backend runs as it should in production: basic auth on every endpoint, and the project
+    # webhook authenticated by a secret header (Label Studio sends webhooks without basic auth).
+    auth_user, auth_pass, webhook_secret = "dgan", secrets.token_urlsafe(18), secrets.token_hex(20)
+    env = {**os.environ, "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token, "REDIS_URL": redis_url,
            "MODEL_DIR": str(out / "models"), "DGAN_LS_DOCUMENT_ROOT": str(ls.document_root),
-           "DGAN_ALLOWED_ROOTS": str(ls.document_root), "DGAN_QUEUE": "dgan-demo"}
+           "DGAN_ALLOWED_ROOTS": str(ls.document_root), "DGAN_QUEUE": namespace, "DGAN_REDIS_PREFIX": namespace,
+           "BASIC_AUTH_USER": auth_user, "BASIC_AUTH_PASS": auth_pass, "DGAN_WEBHOOK_SECRET": webhook_secret}
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     for name, args in (("backend", ["serve", "--host", "127.0.0.1", "--port", str(port)]), ("worker", ["worker"])):
@@ -130,8 +153,14 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
     r.raise_for_status()
     task_ids = sorted(t["id"] for t in s.get(f"{api}/tasks", params={"project": project, "page_size": 5000}
                                              ).json()["tasks"])
-    ml = s.post(f"{api}/ml", json={"url": backend_url, "project": project, "title": "dgan", "is_interactive": False})
+    ml = s.post(f"{api}/ml", json={"url": backend_url, "project": project, "title": "dgan", "is_interactive": False,
+                                   "auth_method": "BASIC_AUTH", "basic_auth_user": auth_user,
+                                   "basic_auth_pass": auth_pass})
     ml.raise_for_status()
+    from .client import LabelStudioClient
+
+    LabelStudioClient(ls.url, ls.token).set_webhook_headers(project, backend_url + "/webhook",
+                                                            {WEBHOOK_SECRET_HEADER: webhook_secret})
 
     _step(4, steps, f"annotating {n_annotated} tasks with exact masks (standing in for people); training", t0)
     t_fit = time.time()
@@ -147,14 +176,14 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
                                "value": {"format": "rle", "rle": mask2rle((m * 255).astype(np.uint8)),
                                          "brushlabels": [name]}})
         s.post(f"{api}/tasks/{task_ids[i]}/annotations", json={"result": result}).raise_for_status()
-    conn = _redis.Redis.from_url(db_url)
+    conn = _redis.Redis.from_url(redis_url)
 
     def caught_up() -> bool:
-        seq = int(conn.get(f"dgan:p:{project}:event_seq") or 0)
-        return seq >= n_annotated and int(conn.get(f"dgan:p:{project}:fitted_seq") or 0) >= seq
+        seq = int(conn.get(keys.event_seq(project)) or 0)
+        return seq >= n_annotated and int(conn.get(keys.fitted_seq(project)) or 0) >= seq
 
     wait_for(caught_up, 1200, "the fit of all annotations", every=3)
-    last = json.loads(conn.get(f"dgan:p:{project}:last_fit"))
+    last = json.loads(conn.get(keys.last_fit(project)))
     if "error" in last:
         raise RuntimeError(f"the fit failed: {last['error']} (see {logs / 'worker.log'})")
     timings["fit_s"] = round(time.time() - t_fit, 1)
@@ -214,7 +243,7 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
                "logs": str(logs), "stop": f"dgan demo --stop --out {out}",
                # what `dgan push|export|bench push` need to work on this demo's project from a shell
                "cli_env": {k: env[k] for k in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY", "REDIS_URL", "MODEL_DIR",
-                                               "DGAN_LS_DOCUMENT_ROOT")}}
+                                               "DGAN_LS_DOCUMENT_ROOT", "DGAN_REDIS_PREFIX", "DGAN_QUEUE")}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     _step(9, steps, f"Label Studio stays up at {ls.url} — log in as {ls.username} / {ls.password}", t0)

@@ -19,10 +19,11 @@ from datetime import timedelta
 from redis import Redis
 
 from .config import Settings
-from .store import RedisKeys
+from .redis_keys import RedisKeys
 
 log = logging.getLogger(__name__)
 JOB_TIMEOUT_S = 60 * 60       # RQ job timeout (a fit on many images can take minutes)
+FIT_QUEUED_TTL_S = 600        # a queued fit that never started stops deduplicating after this long
 LOCK_TTL_S = 90               # fit lock lifetime, renewed by a heartbeat while the fit runs
 RECHECK_S = 60                # a fit that found the lock taken looks again this much later
 
@@ -49,17 +50,25 @@ def queue(settings: Settings, conn: Redis | None = None):
     return Queue(settings.queue, connection=conn or redis_from_settings(settings), default_timeout=JOB_TIMEOUT_S)
 
 
-def enqueue_fit(settings: Settings, conn: Redis, project: int) -> str:
+def enqueue_fit(settings: Settings, conn: Redis, project: int) -> str | None:
+    """Queue a fit of the project unless one is already waiting (it will see this event too): a flood
+    of events queues one job, not one per event. Returns the job id, or None when one was waiting."""
     from rq import Retry
 
-    job = queue(settings, conn).enqueue(fit_project, project, retry=Retry(max=3, interval=[5, 30, 120]),
-                                        job_timeout=JOB_TIMEOUT_S, description=f"fit project {project}")
+    if not conn.set(settings.keys.fit_queued(project), 1, nx=True, ex=FIT_QUEUED_TTL_S):
+        return None
+    try:
+        job = queue(settings, conn).enqueue(fit_project, project, retry=Retry(max=3, interval=[5, 30, 120]),
+                                            job_timeout=JOB_TIMEOUT_S, description=f"fit project {project}")
+    except Exception:
+        conn.delete(settings.keys.fit_queued(project))
+        raise
     return job.id
 
 
-def fit_lock(conn: Redis, project: int):
+def fit_lock(conn: Redis, keys: RedisKeys, project: int):
     """The project's fit lock. thread_local=False: the heartbeat thread must see the token to extend it."""
-    return conn.lock(RedisKeys.fit_lock(project), timeout=LOCK_TTL_S, blocking=False, thread_local=False)
+    return conn.lock(keys.fit_lock(project), timeout=LOCK_TTL_S, blocking=False, thread_local=False)
 
 
 class _Heartbeat:
@@ -88,11 +97,13 @@ def fit_project(project: int) -> dict:
     """RQ job: fit until the project's fitted_seq has caught up with its event_seq."""
     backend = get_backend()
     conn = redis_from_settings(backend.settings)
-    lock = fit_lock(conn, project)
+    keys = backend.settings.keys
+    conn.delete(keys.fit_queued(project))     # from now on, a new event queues a new fit job
+    lock = fit_lock(conn, keys, project)
     fits: list[dict] = []
 
     def behind() -> bool:
-        return int(conn.get(RedisKeys.event_seq(project)) or 0) > int(conn.get(RedisKeys.fitted_seq(project)) or 0)
+        return int(conn.get(keys.event_seq(project)) or 0) > int(conn.get(keys.fitted_seq(project)) or 0)
 
     while True:
         if not lock.acquire(blocking=False):
@@ -104,17 +115,17 @@ def fit_project(project: int) -> dict:
         try:
             with _Heartbeat(lock):
                 while behind():
-                    seq = int(conn.get(RedisKeys.event_seq(project)) or 0)
+                    seq = int(conn.get(keys.event_seq(project)) or 0)
                     t0 = time.time()
                     try:
                         meta = backend.fit(project)
                     except ValueError as e:   # nothing usable to fit yet: record it, do not retry
-                        conn.set(RedisKeys.last_fit(project), json.dumps({"error": str(e), "at": time.time()}))
-                        conn.set(RedisKeys.fitted_seq(project), seq)
+                        conn.set(keys.last_fit(project), json.dumps({"error": str(e), "at": time.time()}))
+                        conn.set(keys.fitted_seq(project), seq)
                         fits.append({"error": str(e)})
                         break
-                    conn.set(RedisKeys.fitted_seq(project), seq)
-                    conn.set(RedisKeys.last_fit(project), json.dumps({**meta, "at": time.time()}))
+                    conn.set(keys.fitted_seq(project), seq)
+                    conn.set(keys.last_fit(project), json.dumps({**meta, "at": time.time()}))
                     fits.append({"model_version": meta["model_version"], "seconds": round(time.time() - t0, 2)})
         finally:
             try:

@@ -31,11 +31,9 @@ from PIL import Image
 from model.images import png_data_uri
 
 from .brush import mask_to_results, parse_label_config
+from .redis_keys import RedisKeys
 from .store import model_version_name
 
-RUN_KEY = "dgan:p:{project}:push_run"        # the project's current (or last) run, JSON
-CHUNK_KEY = "dgan:push:{run}:chunk:{k}"      # claimed / importing / done
-NEXT_SEED_KEY = "dgan:p:{project}:next_seed"
 MAX_DATA_URI_PX = 256                         # larger images must go to storage, not into the task JSON
 
 
@@ -68,15 +66,17 @@ class PushRun:
 class Pusher:
     import_batch = 125           # tasks per import request (a chunk of 500 kept samples → 4 requests)
 
-    def __init__(self, backend, conn, document_root: str | None = None) -> None:
+    def __init__(self, backend, conn, document_root: str | None = None, keys: RedisKeys | None = None) -> None:
+        """``keys``: the Redis key names (default: the backend's settings' prefix)."""
         self.backend, self.conn, self.document_root = backend, conn, document_root
+        self.keys = keys if keys is not None else backend.settings.keys
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
 
     # -- runs ------------------------------------------------------------------------------------
     def start_or_resume(self, project: int, n: int, chunk: int = 500, filter_frac: float = 0.1,
                         psi: float = 1.0) -> tuple[PushRun, bool]:
         """The project's unfinished run with the same n (resumed), else a new run after the last pushed seed."""
-        raw = self.conn.get(RUN_KEY.format(project=project))
+        raw = self.conn.get(self.keys.push_run(project))
         if raw:
             run = PushRun(**json.loads(raw))
             if run.n == n and not self.finished(run):
@@ -92,15 +92,15 @@ class Pusher:
         if interp is None:
             raise ValueError(f"project {project} has no fitted model yet; annotate a few tasks and train first")
         span = math.ceil(n / max(1, chunk - int(round(chunk * filter_frac)))) * chunk
-        base = int(self.conn.incrby(NEXT_SEED_KEY.format(project=project), span)) - span
+        base = int(self.conn.incrby(self.keys.next_seed(project), span)) - span
         storage = f"local:{self.document_root}" if self.document_root else "datauri"
         run = PushRun(uuid.uuid4().hex[:12], project, n, base, chunk, filter_frac, psi, model_version_name(version),
                       storage, time.time())
-        self.conn.set(RUN_KEY.format(project=project), json.dumps(asdict(run)))
+        self.conn.set(self.keys.push_run(project), json.dumps(asdict(run)))
         return run, False
 
     def chunk_state(self, run: PushRun, k: int) -> str | None:
-        v = self.conn.get(CHUNK_KEY.format(run=run.run_id, k=k))
+        v = self.conn.get(self.keys.push_chunk(run.run_id, k))
         return v.decode() if v else None
 
     def finished(self, run: PushRun) -> bool:
@@ -135,8 +135,7 @@ class Pusher:
         None if another live process is working on it."""
         from model.synthesis import generate_chunk, keep_most_certain
 
-        key = CHUNK_KEY.format(run=run.run_id, k=k)
-        lock = key + ":lock"
+        lock = self.keys.push_chunk_lock(run.run_id, k)
         if self.chunk_state(run, k) == "done":
             return 0
         if not self._take_lock(lock, lease_s):
@@ -168,7 +167,7 @@ class Pusher:
 
         Pipelined: while Label Studio ingests one request (in its own process), this thread encodes the
         next, so the encoding hides behind the import instead of adding to it."""
-        key = CHUNK_KEY.format(run=run.run_id, k=k)
+        key = self.keys.push_chunk(run.run_id, k)
         project_dir = None
         if run.storage.startswith("local:"):
             project_dir = Path(run.storage[len("local:"):]) / "dgan" / f"project-{run.project}" / run.run_id
@@ -238,12 +237,7 @@ def ensure_local_storage(backend, project: int, document_root: str) -> None:
     """Create the project's Local Storage connection for dgan's image folder (once)."""
     folder = Path(document_root) / "dgan" / f"project-{project}"
     folder.mkdir(parents=True, exist_ok=True)
-    ls = backend.client.ls
-    for st in backend.client._call("list local storages", ls.import_storage.local.list, project=project):
-        if getattr(st, "path", None) == str(folder):
-            return
-    backend.client._call("create local storage", ls.import_storage.local.create, project=project, path=str(folder),
-                         use_blob_urls=True, title="dgan synthesized images")
+    backend.client.ensure_local_storage(project, str(folder), title="dgan synthesized images")
 
 
 def push_chunk_job(project: int, run_json: str, k: int) -> int:

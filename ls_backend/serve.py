@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
+import signal
+import threading
+from datetime import datetime, timezone
 
 from .config import Settings
-from .store import RedisKeys
+from .events import replay_journal
 
 log = logging.getLogger(__name__)
+JOURNAL_POLL_S = 5.0          # how often a worker looks for events journaled while Redis was down
+
+__all__ = ["check_redis", "run_gunicorn", "replay_journal", "recover_unfitted", "run_worker", "JobAbandoned"]
 
 
 def check_redis(settings: Settings) -> None:
@@ -36,6 +40,7 @@ def run_gunicorn(settings: Settings, host: str, port: int, workers: int = 1, thr
             self.cfg.set("workers", workers)
             self.cfg.set("threads", threads)
             self.cfg.set("timeout", 180)          # /predict may use Label Studio's whole 100 s budget
+            self.cfg.set("graceful_timeout", 8)   # `docker stop` waits 10 s before it kills
             self.cfg.set("accesslog", "-")
 
         def load(self):
@@ -44,50 +49,85 @@ def run_gunicorn(settings: Settings, host: str, port: int, workers: int = 1, thr
     _App().run()
 
 
-def replay_journal(settings: Settings) -> int:
-    """Events saved to disk while Redis was down are recorded and queued now. Returns how many."""
-    from .app import TRAINING_ACTIONS
-    from .backend import parse_project_id
-    from .jobs import enqueue_fit, redis_from_settings
-
-    journal = Path(settings.model_dir) / "pending-events.jsonl"
-    if not journal.exists():
-        return 0
-    conn = redis_from_settings(settings)
-    processing = journal.with_suffix(".replaying")
-    journal.replace(processing)
-    lines = processing.read_text().splitlines()
-    projects = set()
-    for line in lines:
-        conn.rpush(RedisKeys.events, line)
-        body = json.loads(line)
-        if body.get("action") in TRAINING_ACTIONS:
-            project = parse_project_id(body.get("project"))
-            conn.incr(RedisKeys.event_seq(project))
-            projects.add(project)
-    for project in projects:
-        enqueue_fit(settings, conn, project)
-    processing.unlink()
-    return len(lines)
-
-
 def recover_unfitted(settings: Settings) -> list[int]:
     """Projects whose events are ahead of their last fit (a worker died mid-fit): queue a fit again."""
     from .jobs import enqueue_fit, redis_from_settings
 
     conn = redis_from_settings(settings)
+    keys = settings.keys
     projects = []
-    for key in conn.scan_iter("dgan:p:*:event_seq"):
-        project = int(key.decode().split(":")[2])
-        if int(conn.get(key) or 0) > int(conn.get(RedisKeys.fitted_seq(project)) or 0):
+    for key in conn.scan_iter(keys.event_seq_pattern()):
+        try:
+            project = keys.project_of_event_seq(key)
+        except ValueError:
+            continue
+        if int(conn.get(key) or 0) > int(conn.get(keys.fitted_seq(project)) or 0):
             enqueue_fit(settings, conn, project)
             projects.append(project)
     return projects
 
 
-def run_worker(settings: Settings, burst: bool = False) -> None:
+class JobAbandoned(BaseException):
+    """Raised inside a running job when its worker is asked to stop; the job goes back to the queue.
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` in a job swallows it."""
+
+
+def worker_class():
+    """An RQ SimpleWorker that stops within a second or two of SIGTERM/SIGINT (``docker stop`` gives 10 s):
+    the job in progress is abandoned and put back at the front of its queue for the next worker. Our
+    jobs are safe to run again: fits are idempotent, push chunks are exactly-once, predictions are
+    re-imported."""
     from rq import SimpleWorker
 
+    class DganWorker(SimpleWorker):
+        _running = None
+        _abandon = False
+
+        def execute_job(self, job, queue):
+            self._running, self._abandon = job, False
+            try:
+                super().execute_job(job, queue)
+            finally:
+                self._running = None
+            if self._abandon:
+                try:
+                    job.requeue(at_front=True)
+                    log.warning("job %s (%s) abandoned on shutdown and queued again", job.id, job.description)
+                except Exception as e:  # noqa: BLE001 - Redis gone: recover_unfitted queues fits at the next start
+                    log.error("job %s abandoned on shutdown could not be queued again: %s", job.id, e)
+
+        def request_stop(self, signum, frame):
+            job = self._running
+            if job is None:
+                return super().request_stop(signum, frame)
+            self._shutdown_requested_date = datetime.now(timezone.utc)
+            self._stop_requested = True
+            self._stopped_job_id = job.id            # STOPPED, not retried by RQ: requeued by execute_job
+            self._abandon = True
+            signal.signal(signal.SIGINT, self.request_force_stop)
+            signal.signal(signal.SIGTERM, self.request_force_stop)
+            if self.scheduler:
+                self.stop_scheduler()
+            raise JobAbandoned(f"worker asked to stop (signal {signum}) during job {job.id}")
+
+    return DganWorker
+
+
+def _watch_journal(settings: Settings, stop: threading.Event) -> None:
+    """Replay events journaled by the app while Redis was down, as soon as Redis answers again."""
+    from redis.exceptions import RedisError
+
+    while not stop.wait(JOURNAL_POLL_S):
+        try:
+            n = replay_journal(settings)
+            if n:
+                log.info("replayed %d webhook events saved while Redis was down", n)
+        except (RedisError, OSError) as e:
+            log.debug("journal replay postponed: %s", e)
+
+
+def run_worker(settings: Settings, burst: bool = False) -> None:
     from .jobs import queue, redis_from_settings
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -97,6 +137,11 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
     recovered = recover_unfitted(settings)
     if recovered:
         log.info("queued fits again for projects %s (events newer than their last fit)", recovered)
+    stop = threading.Event()
+    threading.Thread(target=_watch_journal, args=(settings, stop), daemon=True, name="dgan-journal").start()
     # SimpleWorker runs jobs in this process, so the generator and interpreters stay loaded between jobs.
     conn = redis_from_settings(settings)
-    SimpleWorker([queue(settings, conn)], connection=conn).work(burst=burst, with_scheduler=True)
+    try:
+        worker_class()([queue(settings, conn)], connection=conn).work(burst=burst, with_scheduler=True)
+    finally:
+        stop.set()

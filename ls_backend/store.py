@@ -1,12 +1,14 @@
-"""Per-project state on disk (the source of truth) plus the Redis keys for events, locks and fit bookkeeping.
+"""Per-project state on disk (the source of truth). Redis key names live in :mod:`ls_backend.redis_keys`.
 
 Disk layout under ``MODEL_DIR``::
 
+    projects/<id>/setup                   Label Studio has set this project up with the backend (/setup)
     projects/<id>/interpreters/v0001.pt   interpreter versions, written atomically (tmp + rename)
     projects/<id>/interpreters/v0001.json their metadata: training task/annotation ids, CV mIoU, timings
     latents/<sha256 of image bytes>.pt    W+ latents of inverted images (shared by all projects)
 
 A version is visible only once both files exist, so a crash mid-write never exposes half a model.
+Only the newest ``keep_versions`` versions of a project are kept (DGAN_KEEP_VERSIONS).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import torch
 
 VERSION_RE = re.compile(r"v(\d{4,})\.pt$")
+DEFAULT_KEEP_VERSIONS = 5
 
 
 def image_hash(data: bytes) -> str:
@@ -34,9 +37,27 @@ def model_version_name(version: int) -> str:
 class ProjectStore:
     """Files of one MODEL_DIR; cheap to construct, safe to share between threads and processes."""
 
-    def __init__(self, model_dir: str | Path) -> None:
+    def __init__(self, model_dir: str | Path, keep_versions: int = DEFAULT_KEEP_VERSIONS) -> None:
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions={keep_versions}: at least the newest version must be kept")
         self.root = Path(model_dir)
+        self.keep_versions = keep_versions
         (self.root / "latents").mkdir(parents=True, exist_ok=True)
+
+    # -- projects Label Studio has set up with this backend --------------------------------------
+    def _marker(self, project: int) -> Path:
+        return self.root / "projects" / str(int(project)) / "setup"
+
+    def mark_known(self, project: int) -> None:
+        """Record that Label Studio set this project up (/setup or /predict, both authenticated)."""
+        marker = self._marker(project)
+        if not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+
+    def is_known(self, project: int) -> bool:
+        """Set up by Label Studio, or fitted before markers existed."""
+        return self._marker(project).exists() or bool(self.versions(project))
 
     # -- interpreter versions ------------------------------------------------------------------
     def _dir(self, project: int) -> Path:
@@ -73,11 +94,28 @@ class ProjectStore:
         return version, self.interpreter_path(project, version)
 
     def commit_version(self, project: int, version: int, meta: dict) -> None:
-        """Write the metadata last: from this moment the version is visible."""
+        """Write the metadata last: from this moment the version is visible. Older versions beyond
+        ``keep_versions`` are deleted (metadata first, so none is ever half visible)."""
         path = self.interpreter_path(project, version).with_suffix(".json")
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"version": version, "created": time.time(), **meta}, indent=2))
         os.replace(tmp, path)
+        self.prune(project)
+
+    def prune(self, project: int) -> list[int]:
+        """Delete all but the newest ``keep_versions`` versions; returns the deleted version numbers."""
+        visible = self.versions(project)
+        old = visible[:-self.keep_versions]
+        for v in old:
+            pt = self.interpreter_path(project, v)
+            pt.with_suffix(".json").unlink(missing_ok=True)
+            pt.unlink(missing_ok=True)
+        if visible:   # models a crashed fit wrote without metadata, older than the newest version
+            for pt in self._dir(project).glob("v*.pt"):
+                m = VERSION_RE.search(pt.name)
+                if m and int(m.group(1)) < visible[-1] and not pt.with_suffix(".json").exists():
+                    pt.unlink(missing_ok=True)
+        return old
 
     # -- latents -------------------------------------------------------------------------------
     def latent_path(self, digest: str) -> Path:
@@ -95,25 +133,3 @@ class ProjectStore:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save({"ws": ws.detach().cpu().clone(), "generator_id": gen_id, "psnr_db": float(psnr_db)}, tmp)
         os.replace(tmp, path)
-
-
-class RedisKeys:
-    """Names of the Redis keys (one place, so tests and tools agree)."""
-
-    events = "dgan:events"                                    # list of every webhook event (JSON)
-
-    @staticmethod
-    def event_seq(project: int) -> str:                       # counter of training-relevant events
-        return f"dgan:p:{project}:event_seq"
-
-    @staticmethod
-    def fitted_seq(project: int) -> str:                      # event_seq value covered by the latest fit
-        return f"dgan:p:{project}:fitted_seq"
-
-    @staticmethod
-    def fit_lock(project: int) -> str:
-        return f"dgan:p:{project}:fit_lock"
-
-    @staticmethod
-    def last_fit(project: int) -> str:                        # JSON summary of the latest fit (or its error)
-        return f"dgan:p:{project}:last_fit"

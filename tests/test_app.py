@@ -1,6 +1,7 @@
-"""The Flask app with a real Redis (a dedicated database, flushed per test) and a tiny generator."""
+"""The Flask app with a real (private) Redis and a tiny generator."""
 
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -12,8 +13,7 @@ from ls_backend.app import create_app
 from ls_backend.backend import Backend
 from ls_backend.brush import parse_label_config
 from ls_backend.config import Settings
-from ls_backend.serve import replay_journal
-from ls_backend.store import RedisKeys
+from ls_backend.events import replay_journal
 from model.generator.checkpoints import save_generator
 from model.images import png_data_uri, to_uint8
 from model.interpreter import InterpreterConfig
@@ -21,33 +21,21 @@ from model.labeling import fit_from_latents, label_latents
 
 from .conftest import tiny_generator
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 CONFIG = """<View><Image name="image" value="$image"/>
 <BrushLabels name="tag" toName="image"><Label value="dark"/><Label value="bright"/></BrushLabels></View>"""
 
 
-def _redis_or_skip():
-    try:
-        conn = redis.Redis.from_url(REDIS_URL)
-        conn.ping()
-        return conn
-    except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379 (CI starts one)")
-
-
 @pytest.fixture
-def env(tmp_path):
-    conn = _redis_or_skip()
-    conn.flushdb()
+def env(tmp_path, redis_url):
+    conn = redis.Redis.from_url(redis_url)
     gen = save_generator(tiny_generator(), tmp_path / "g.pt")
     settings = Settings.from_env({"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "x" * 40,
-                                  "REDIS_URL": REDIS_URL, "MODEL_DIR": str(tmp_path / "models"),
+                                  "REDIS_URL": redis_url, "MODEL_DIR": str(tmp_path / "models"),
                                   "DGAN_GENERATOR": str(gen), "DGAN_INVERSION_STEPS": "5",
-                                  "DGAN_QUEUE": "dgan-test"})
+                                  "DGAN_QUEUE": "dgan-test", "DGAN_REDIS_PREFIX": "dgan-test"})
     backend = Backend(settings)
     app = create_app(settings, backend)
-    yield settings, backend, app.test_client(), conn
-    conn.flushdb()
+    return settings, backend, app.test_client(), conn
 
 
 def _fit_version(backend: Backend, project: int, ws: torch.Tensor) -> np.ndarray:
@@ -75,29 +63,57 @@ def test_health_setup_versions(env):
     assert client.get("/versions").get_json() == {"versions": ["dgan-untrained"]}
 
 
-def test_webhook_records_event_and_queues_one_fit_per_event(env):
-    _, _, client, conn = env
+def test_webhook_records_events_and_queues_one_fit_at_a_time(env):
+    settings, _, client, conn = env
+    keys = settings.keys
     payload = {"action": "ANNOTATION_CREATED", "annotation": {"id": 1, "result": [], "task": 3},
                "task": {"id": 3}, "project": {"id": 7}}
+    # A project Label Studio never set up with this backend: refused, nothing written to Redis.
+    r = client.post("/webhook", json=payload)
+    assert r.status_code == 404 and "has not been set up" in r.get_json()["error"]
+    assert conn.keys("*") == []
+    assert client.post("/setup", json={"project": "7.1700000000", "schema": CONFIG}).status_code == 200
     for _ in range(3):
         assert client.post("/webhook", json=payload).status_code == 201
     assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}}).status_code == 201
     assert client.post("/webhook", json={"action": "PROJECT_UPDATED", "project": {"id": 7}}).status_code == 201
-    assert conn.llen(RedisKeys.events) == 5
-    assert int(conn.get(RedisKeys.event_seq(7))) == 4
-    assert conn.llen("rq:queue:dgan-test") == 4
+    assert conn.llen(keys.events) == 5
+    assert int(conn.get(keys.event_seq(7))) == 4
+    # Four training events, one queued fit: it will see all of them (a flood queues nothing more).
+    assert conn.llen("rq:queue:dgan-test") == 1
+    # What is kept of an event is a few ids, not the body.
+    first = json.loads(conn.lindex(keys.events, 0))
+    assert {k: first[k] for k in ("action", "project", "task", "annotation")} == {
+        "action": "ANNOTATION_CREATED", "project": 7, "task": 3, "annotation": 1}
     assert client.post("/webhook", data="nonsense").status_code == 400
 
 
-def test_webhook_with_redis_down_keeps_the_event(env, tmp_path):
-    settings, backend, _, conn = env
+def test_webhook_events_are_stored_small_whatever_the_body(env):
+    settings, backend, client, conn = env
+    backend.store.mark_known(7)
+    huge = {"action": "ANNOTATION_CREATED", "project": {"id": 7, "label_config": "x" * 1_000_000},
+            "annotation": {"id": 5, "result": [{"value": {"rle": list(range(200_000))}}]},
+            "annotations": [{"id": i} for i in range(5000)]}
+    assert client.post("/webhook", json=huge).status_code == 201
+    stored = conn.lindex(settings.keys.events, -1)
+    assert len(stored) < 1000
+    assert json.loads(stored)["annotations_total"] == 5000
+
+
+def test_webhook_with_redis_down_keeps_the_event_and_replays_it_when_redis_is_back(env):
+    settings, backend, client, conn = env
+    backend.store.mark_known(9)
     down = Settings(**{**settings.__dict__, "redis_url": "redis://127.0.0.1:1/0"})
-    client = create_app(down, backend).test_client()
-    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 9}})
+    down_client = create_app(down, backend).test_client()
+    r = down_client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 9}})
     assert r.status_code == 503 and "was saved to" in r.get_json()["error"]
-    assert client.get("/health").get_json()["redis"] is False
-    assert replay_journal(settings) == 1                       # replayed once Redis is back
-    assert int(conn.get(RedisKeys.event_seq(9))) == 1 and conn.llen("rq:queue:dgan-test") == 1
+    assert down_client.get("/health").get_json()["redis"] is False
+    assert conn.get(settings.keys.event_seq(9)) is None
+    # The running app replays the journal as soon as Redis answers (here: the next health check), no
+    # worker restart needed.
+    assert client.get("/health").get_json()["redis"] is True
+    assert int(conn.get(settings.keys.event_seq(9))) == 1 and conn.llen("rq:queue:dgan-test") == 1
+    assert replay_journal(settings) == 0                      # nothing left to replay
 
 
 def _decode(entry, lm, size=32) -> np.ndarray:
@@ -160,22 +176,40 @@ def test_predict_untrained_then_trained(env):
     assert [e.get("status") for e in r[8:]] == ["queued"] * 7 and not any("result" in e for e in r[8:])
 
 
+def _basic(user: str, password: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
 def test_predict_bad_image_and_basic_auth(env):
-    settings, backend, _, _ = env
-    secured = Settings(**{**settings.__dict__, "basic_auth_user": "ml", "basic_auth_pass": "s3cret"})
+    settings, backend, _, conn = env
+    secret = "w" * 32
+    secured = Settings(**{**settings.__dict__, "basic_auth_user": "ml", "basic_auth_pass": "s3cret",
+                          "webhook_secret": secret})
     client = create_app(secured, backend).test_client()
     body = {"tasks": [{"id": 1, "data": {"image": "http://evil.example/x.png"}}, {"id": 2, "data": {}}],
             "project": "7.1", "label_config": CONFIG}
     assert client.post("/predict", json=body).status_code == 401
-    wrong = {"Authorization": "Basic " + base64.b64encode(b"ml:nope").decode()}
-    assert client.post("/predict", json=body, headers=wrong).status_code == 401
-    good = {"Authorization": "Basic " + base64.b64encode(b"ml:s3cret").decode()}
-    r = client.post("/predict", json=body, headers=good)
+    assert client.post("/predict", json=body, headers=_basic("ml", "nope")).status_code == 401
+    for user, pw in (("mé", "s3cret"), ("ml", "s3crét"), ("ml", "\u2603" * 3)):    # non-ASCII: 401, not 500
+        assert client.post("/predict", json=body, headers=_basic(user, pw)).status_code == 401
+    r = client.post("/predict", json=body, headers=_basic("ml", "s3cret"))
     assert r.status_code == 200 and [e["result"] for e in r.get_json()["results"]] == [[], []]
     assert client.get("/health").status_code == 200            # health stays open for monitoring
-    # Label Studio sends webhooks without credentials: /webhook stays open and records the event.
-    r = client.post("/webhook", json={"action": "ANNOTATIONS_CREATED", "project": {"id": 7}})
-    assert r.status_code == 201 and r.get_json()["queued_fit"] is True
+
+    # /webhook: Label Studio's project webhook sends the secret header, START_TRAINING comes with the
+    # model connection's basic auth; anything else is refused before the body is looked at.
+    event = {"action": "ANNOTATIONS_CREATED", "project": {"id": 7}}
+    assert client.post("/webhook", json=event).status_code == 401
+    assert client.post("/webhook", json=event, headers={"X-Dgan-Webhook-Secret": "w" * 31}).status_code == 401
+    assert client.post("/webhook", json=event, headers={"X-Dgan-Webhook-Secret": "wé" * 16}).status_code == 401
+    assert conn.keys("*") == []
+    r = client.post("/webhook", json=event, headers={"X-Dgan-Webhook-Secret": secret})
+    assert r.status_code == 201 and r.get_json()["queued_fit"] is True         # 7 was set up by /predict
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 7}}, headers=_basic("ml", "s3cret"))
+    assert r.status_code == 201
+    assert int(conn.get(settings.keys.event_seq(7))) == 2
+    # The secret opens /webhook only.
+    assert client.post("/predict", json=body, headers={"X-Dgan-Webhook-Secret": secret}).status_code == 401
 
 
 def test_label_studio_unreachable_is_a_clear_502(env):

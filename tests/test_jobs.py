@@ -1,4 +1,4 @@
-"""Fit bookkeeping against a real Redis: N events during a fit cause one more fit, not N; a held lock
+"""Fit bookkeeping against a real (private) Redis: N events during a fit cause one more fit, not N; a held lock
 defers; a crash leaves the project behind so the retry fits again. (Fitting itself is covered by
 tests/e2e against Label Studio; here `fit` only records calls.)"""
 
@@ -10,9 +10,6 @@ from rq.registry import ScheduledJobRegistry
 
 from ls_backend import jobs
 from ls_backend.config import Settings
-from ls_backend.store import RedisKeys
-
-URL = "redis://127.0.0.1:6379/12"
 
 
 class RecordingBackend:
@@ -26,41 +23,38 @@ class RecordingBackend:
             raise RuntimeError("worker died")
         if self.calls == 1:
             for _ in range(self.during_first_fit):        # events arriving while we fit
-                self.conn.incr(RedisKeys.event_seq(project))
+                self.conn.incr(self.settings.keys.event_seq(project))
         return {"model_version": f"dgan-v{self.calls}"}
 
 
 @pytest.fixture
-def setup(tmp_path, monkeypatch):
-    conn = redis.Redis.from_url(URL)
-    try:
-        conn.ping()
-    except redis.RedisError:
-        pytest.skip("no Redis")
-    conn.flushdb()
+def setup(tmp_path, monkeypatch, redis_url):
+    conn = redis.Redis.from_url(redis_url)
     settings = Settings.from_env({"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "k",
-                                  "REDIS_URL": URL, "MODEL_DIR": str(tmp_path), "DGAN_QUEUE": "dgan-jobs-test"})
-    yield settings, conn, monkeypatch
-    conn.flushdb()
+                                  "REDIS_URL": redis_url, "MODEL_DIR": str(tmp_path), "DGAN_QUEUE": "dgan-jobs-test",
+                                  "DGAN_REDIS_PREFIX": "dgan-jobs-test"})
+    return settings, conn, monkeypatch
 
 
 def test_events_during_a_fit_cause_one_more_fit(setup):
     settings, conn, mp = setup
+    K = settings.keys
     backend = RecordingBackend(settings, conn, during_first_fit=5)
     mp.setattr(jobs, "_backend", backend)
-    conn.set(RedisKeys.event_seq(4), 1)
+    conn.set(K.event_seq(4), 1)
     result = jobs.fit_project(4)
     assert backend.calls == 2 and [f["model_version"] for f in result["fits"]] == ["dgan-v1", "dgan-v2"]
-    assert int(conn.get(RedisKeys.fitted_seq(4))) == 6
+    assert int(conn.get(K.fitted_seq(4))) == 6
     assert jobs.fit_project(4)["fits"] == [] and backend.calls == 2     # caught up: nothing to do
 
 
 def test_held_lock_defers_and_crash_leaves_project_behind(setup):
     settings, conn, mp = setup
+    K = settings.keys
     backend = RecordingBackend(settings, conn)
     mp.setattr(jobs, "_backend", backend)
-    conn.set(RedisKeys.event_seq(5), 3)
-    other = conn.lock(RedisKeys.fit_lock(5), timeout=30)
+    conn.set(K.event_seq(5), 3)
+    other = conn.lock(K.fit_lock(5), timeout=30)
     assert other.acquire(blocking=False)
     result = jobs.fit_project(5)
     assert "skipped" in result and backend.calls == 0
@@ -69,19 +63,50 @@ def test_held_lock_defers_and_crash_leaves_project_behind(setup):
     mp.setattr(jobs, "_backend", RecordingBackend(settings, conn, fail=True))
     with pytest.raises(RuntimeError):
         jobs.fit_project(5)
-    assert int(conn.get(RedisKeys.fitted_seq(5)) or 0) == 0                    # still behind → the retry fits
-    assert not conn.exists(RedisKeys.fit_lock(5))                              # and the lock is free
+    assert int(conn.get(K.fitted_seq(5)) or 0) == 0                    # still behind → the retry fits
+    assert not conn.exists(K.fit_lock(5))                              # and the lock is free
     mp.setattr(jobs, "_backend", backend)
-    assert len(jobs.fit_project(5)["fits"]) == 1 and int(conn.get(RedisKeys.fitted_seq(5))) == 3
+    assert len(jobs.fit_project(5)["fits"]) == 1 and int(conn.get(K.fitted_seq(5))) == 3
 
 
 def test_heartbeat_keeps_the_fit_lock_past_its_ttl(setup):
-    _, conn, monkeypatch = setup
+    settings, conn, monkeypatch = setup
+    K = settings.keys
     monkeypatch.setattr(jobs, "LOCK_TTL_S", 0.6)
-    lock = jobs.fit_lock(conn, 42)
+    lock = jobs.fit_lock(conn, K, 42)
     assert lock.acquire(blocking=False)
     with jobs._Heartbeat(lock):
         time.sleep(1.5)                      # 2.5 TTLs: without renewals the lock would be gone
-        assert lock.owned() and conn.pttl(RedisKeys.fit_lock(42)) > 0
+        assert lock.owned() and conn.pttl(K.fit_lock(42)) > 0
     lock.release()
-    assert not conn.exists(RedisKeys.fit_lock(42))
+    assert not conn.exists(K.fit_lock(42))
+
+
+def test_a_flood_of_events_queues_one_fit_per_project(setup):
+    settings, conn, mp = setup
+    K = settings.keys
+    q = jobs.queue(settings, conn)
+    ids = [jobs.enqueue_fit(settings, conn, 8) for _ in range(50)]
+    assert ids[0] is not None and ids[1:] == [None] * 49 and q.count == 1
+    assert jobs.enqueue_fit(settings, conn, 9) is not None and q.count == 2     # another project: its own
+    # Once the job starts, the next event queues the next fit (it may arrive after the fit read event_seq).
+    mp.setattr(jobs, "_backend", RecordingBackend(settings, conn))
+    jobs.fit_project(8)
+    assert not conn.exists(K.fit_queued(8))
+    assert jobs.enqueue_fit(settings, conn, 8) is not None and q.count == 3
+
+
+def test_installations_with_different_prefixes_share_a_redis_without_touching_each_other(setup, tmp_path):
+    settings, conn, mp = setup
+    other = Settings(**{**settings.__dict__, "redis_prefix": "dgan-other", "queue": "dgan-other"})
+    conn.set(other.keys.event_seq(4), 7)
+    conn.set(other.keys.next_seed(4), 123)
+    before = {k: conn.dump(k) for k in conn.keys("dgan-other*")}
+    backend = RecordingBackend(settings, conn)
+    mp.setattr(jobs, "_backend", backend)
+    conn.set(settings.keys.event_seq(4), 2)
+    assert jobs.enqueue_fit(settings, conn, 4) is not None
+    jobs.fit_project(4)
+    assert backend.calls == 1 and int(conn.get(settings.keys.fitted_seq(4))) == 2
+    assert {k: conn.dump(k) for k in conn.keys("dgan-other*")} == before
+    assert jobs.queue(other, conn).count == 0

@@ -1,6 +1,6 @@
-"""Push bookkeeping against a real Redis, with a recording stand-in for Label Studio's import endpoint
-(the real import is covered by tests/e2e): requests are pipelined in batches, a failed request leaves
-the chunk "importing" (so a resume reconciles against the project), big images refuse data URIs."""
+"""Push bookkeeping against a real (private) Redis, with a recording stand-in for Label Studio's import
+endpoint (the real import is covered by tests/e2e): requests are pipelined in batches, a failed request
+leaves the chunk "importing" (so a resume reconciles against the project), big images refuse data URIs."""
 
 from types import SimpleNamespace
 
@@ -10,12 +10,13 @@ import redis
 
 from ls_backend.brush import LabelMap
 from ls_backend.client import LabelStudioError
-from ls_backend.push import CHUNK_KEY, Pusher, PushRun
+from ls_backend.push import Pusher, PushRun
+from ls_backend.redis_keys import RedisKeys
 from model.synthesis import Sample
 
 from .conftest import tiny_generator
 
-URL = "redis://127.0.0.1:6379/13"
+KEYS = RedisKeys("dgan-test")
 LABELS = LabelMap("parts", "image", "image", ("a", "b"))
 
 
@@ -32,15 +33,8 @@ class RecordingImports:
 
 
 @pytest.fixture
-def conn():
-    c = redis.Redis.from_url(URL)
-    try:
-        c.ping()
-    except redis.RedisError:
-        pytest.skip("no Redis")
-    c.flushdb()
-    yield c
-    c.flushdb()
+def conn(redis_url):
+    return redis.Redis.from_url(redis_url)
 
 
 def _samples(n: int) -> list[Sample]:
@@ -55,7 +49,7 @@ def _run() -> PushRun:
 
 def test_chunk_is_imported_in_pipelined_batches_in_seed_order(conn):
     client = RecordingImports()
-    pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn)
+    pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn, keys=KEYS)
     interp = SimpleNamespace(class_names=LABELS.class_names)
     assert pusher.import_samples(_run(), 0, _samples(300), interp, LABELS) == 300
     assert [len(r) for r in client.requests] == [125, 125, 50]
@@ -65,20 +59,20 @@ def test_chunk_is_imported_in_pipelined_batches_in_seed_order(conn):
     assert task["data"]["image"].startswith("data:image/png;base64,")
     assert {r["value"]["brushlabels"][0] for r in task["predictions"][0]["result"]} <= {"a", "b"}
     assert 0 <= task["predictions"][0]["score"] <= 1
-    assert conn.get(CHUNK_KEY.format(run="r1", k=0)) == b"done"
+    assert conn.get(KEYS.push_chunk("r1", 0)) == b"done"
 
 
 def test_a_failed_request_leaves_the_chunk_importing(conn):
     client = RecordingImports(fail_on=1)
-    pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn)
+    pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn, keys=KEYS)
     with pytest.raises(LabelStudioError, match="500"):
         pusher.import_samples(_run(), 0, _samples(300), SimpleNamespace(class_names=LABELS.class_names), LABELS)
     assert len(client.requests) == 1
-    assert conn.get(CHUNK_KEY.format(run="r1", k=0)) == b"importing"
+    assert conn.get(KEYS.push_chunk("r1", 0)) == b"importing"
 
 
 def test_large_images_need_storage_not_data_uris(conn):
     G = tiny_generator(resolution=512, channels={4: 8, 8: 8, 16: 8, 32: 8, 64: 4, 128: 4, 256: 4, 512: 4})
-    pusher = Pusher(SimpleNamespace(generator=G), conn)
+    pusher = Pusher(SimpleNamespace(generator=G), conn, keys=KEYS)
     with pytest.raises(ValueError, match="512 px.*--document-root"):
         pusher.start_or_resume(7, 100)

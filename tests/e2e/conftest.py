@@ -14,8 +14,9 @@ import redis
 import requests
 
 from ls_backend.labelstudio import LabelStudioProcess, find_label_studio, free_port, start_label_studio
+from ls_backend.redis_keys import RedisKeys
 
-REDIS_URL = "redis://127.0.0.1:6379/14"
+KEYS = RedisKeys("dgan-e2e")         # the backend's keys in these tests (DGAN_REDIS_PREFIX below)
 
 
 @pytest.fixture(scope="session")
@@ -33,15 +34,14 @@ def label_studio(tmp_path_factory) -> LabelStudioProcess:
 
 
 @pytest.fixture(scope="session")
-def redis_conn():
-    try:
-        conn = redis.Redis.from_url(REDIS_URL)
-        conn.ping()
-    except redis.RedisError:
-        pytest.skip("no Redis on 127.0.0.1:6379")
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
+def e2e_redis_url(private_redis) -> str:
+    """Database 1 of the session's private redis-server (the fast tests use database 0)."""
+    return private_redis + "/1"
+
+
+@pytest.fixture(scope="session")
+def redis_conn(e2e_redis_url):
+    return redis.Redis.from_url(e2e_redis_url)
 
 
 class Backend:
@@ -56,11 +56,12 @@ class Backend:
 
 
 @pytest.fixture(scope="session")
-def backend(label_studio, redis_conn, tmp_path_factory) -> Backend:
+def backend(label_studio, redis_conn, e2e_redis_url, tmp_path_factory) -> Backend:
     logs = tmp_path_factory.mktemp("backend")
     port = free_port()
     env = {**os.environ, "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.token,
-           "REDIS_URL": REDIS_URL, "MODEL_DIR": str(logs / "models"), "DGAN_QUEUE": "dgan-e2e",
+           "REDIS_URL": e2e_redis_url, "MODEL_DIR": str(logs / "models"), "DGAN_QUEUE": "dgan-e2e",
+           "DGAN_REDIS_PREFIX": KEYS.prefix,
            "DGAN_PREDICT_BUDGET_S": "20", "DGAN_INVERSION_STEPS": os.environ.get("DGAN_E2E_INVERSION_STEPS", "20"),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     serve = subprocess.Popen([sys.executable, "-m", "ls_backend.cli", "serve", "--host", "127.0.0.1",

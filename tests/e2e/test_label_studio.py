@@ -20,6 +20,8 @@ from model.domain import CLASSES, render_batch
 from model.images import png_data_uri
 from model.metrics import mean_iou
 
+from .conftest import KEYS
+
 pytestmark = pytest.mark.slow
 
 # The project's own names and order, unlike the domain's.
@@ -96,11 +98,18 @@ def test_full_loop(label_studio, backend, redis_conn, record_property):
 
     v1 = wait_for(version, 600, "a first model version from the annotation webhooks")
     record_property("fit_seconds_after_annotations", round(time.time() - t_fit, 1))
-    assert redis_conn.llen("dgan:events") >= N_ANNOTATED
+    assert redis_conn.llen(KEYS.events) >= N_ANNOTATED
 
-    # Trigger training explicitly too (START_TRAINING): the version advances.
+    # Trigger training explicitly too (START_TRAINING): the event is counted and a fit runs, which
+    # finds nothing changed since the version the annotations made and keeps it (no new version).
+    wait_for(lambda: int(redis_conn.get(KEYS.fitted_seq(project)) or 0)
+             >= int(redis_conn.get(KEYS.event_seq(project)) or 0), 600, "the fits of the annotation webhooks")
+    seq = int(redis_conn.get(KEYS.event_seq(project)))
+    v_now = version()
     assert s.post(f"{api}/ml/{ml_id}/train", json={}).status_code in (200, 201)
-    wait_for(lambda: version() > v1, 600, "the version after START_TRAINING")
+    wait_for(lambda: int(redis_conn.get(KEYS.fitted_seq(project)) or 0) > seq, 600, "the fit after START_TRAINING")
+    assert "no annotation changed" in json.loads(redis_conn.get(KEYS.last_fit(project)))["skipped"]
+    assert version() == v_now
 
     # Retrieve predictions for all unannotated tasks in ONE call (as the Data Manager action does).
     rest = task_ids[N_ANNOTATED:]
@@ -147,9 +156,9 @@ def test_push_killed_and_resumed_adds_exactly_n(backend, redis_conn):
     before = len(_seeds(s, api, project))
     proc = subprocess.Popen([sys.executable, "-m", "ls_backend.cli", "push", "--project", str(project), "--n", "90",
                              "--chunk", "20"], env=backend.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    run = wait_for(lambda: redis_conn.get(f"dgan:p:{project}:push_run"), 120, "the push run record", every=0.5)
+    run = wait_for(lambda: redis_conn.get(KEYS.push_run(project)), 120, "the push run record", every=0.5)
     run_id = json.loads(run)["run_id"]
-    wait_for(lambda: redis_conn.get(f"dgan:push:{run_id}:chunk:1") == b"done", 300, "two chunks", every=0.2)
+    wait_for(lambda: redis_conn.get(KEYS.push_chunk(run_id, 1)) == b"done", 300, "two chunks", every=0.2)
     proc.kill()
     proc.wait()
     mid = len(_seeds(s, api, project)) - before
