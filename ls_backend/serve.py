@@ -73,12 +73,13 @@ class JobAbandoned(BaseException):
     A BaseException, like KeyboardInterrupt, so that no ``except Exception`` in a job swallows it."""
 
 
-def worker_class():
+def worker_class() -> type:
     """An RQ SimpleWorker that stops within a second or two of SIGTERM/SIGINT (``docker stop`` gives 10 s):
     the job in progress is abandoned and put back at the front of its queue for the next worker. Our
     jobs are safe to run again: fits are idempotent, push chunks are exactly-once, predictions are
     re-imported."""
     from rq import SimpleWorker
+    from rq.exceptions import InvalidJobOperation
 
     class DganWorker(SimpleWorker):
         _running = None
@@ -88,11 +89,16 @@ def worker_class():
             self._running, self._abandon = job, False
             try:
                 super().execute_job(job, queue)
+            except JobAbandoned:
+                pass                                 # the signal came before the job itself started
             finally:
                 self._running = None
             if self._abandon:
                 try:
-                    job.requeue(at_front=True)
+                    try:
+                        job.requeue(at_front=True)       # from the failed registry, where RQ put it
+                    except InvalidJobOperation:
+                        queue.enqueue_job(job, at_front=True)
                     log.warning("job %s (%s) abandoned on shutdown and queued again", job.id, job.description)
                 except Exception as e:  # noqa: BLE001 - Redis gone: recover_unfitted queues fits at the next start
                     log.error("job %s abandoned on shutdown could not be queued again: %s", job.id, e)

@@ -76,6 +76,7 @@ def test_an_idle_worker_stops_at_once(redis_url, tmp_path):
     try:
         conn = redis.Redis.from_url(redis_url)
         assert _wait(lambda: any(b"dgan-shutdown" in (conn.hget(k, "queues") or b"")
+                                 and conn.hget(k, "state") == b"idle"
                                  for k in conn.keys("rq:worker:*")), 60), (tmp_path / "worker.log").read_text()
         t0 = time.time()
         proc.send_signal(signal.SIGTERM)
