@@ -164,3 +164,35 @@ def test_settings_refuse_half_configured_auth_and_bad_limits(tmp_path):
     ok = Settings.from_env({**base, "BASIC_AUTH_USER": "u", "BASIC_AUTH_PASS": "p", "DGAN_WEBHOOK_SECRET": "s" * 20,
                             "DGAN_REDIS_PREFIX": "dgan-staging"})
     assert ok.auth_enabled and ok.keys.event_seq(3) == "dgan-staging:p:3:event_seq"
+
+
+def _random_value(rng, depth: int = 0):
+    pool = [None, True, 0, -1, 7, 2**70, 1.5, "", "7.1", "0.1", "x" * 300, "é☃",
+            "<View/>", CONFIG, "START_TRAINING", "ANNOTATION_CREATED"]
+    kind = rng.integers(0, 4 if depth < 3 else 1)
+    if kind == 0:
+        return pool[rng.integers(len(pool))]
+    if kind == 1:
+        return [_random_value(rng, depth + 1) for _ in range(rng.integers(0, 4))]
+    if kind == 2:
+        keys = ["id", "data", "project", "image", "annotation", "annotations", "task", "action", "result"]
+        return {keys[rng.integers(len(keys))]: _random_value(rng, depth + 1) for _ in range(rng.integers(0, 4))}
+    return {"id": int(rng.integers(1, 100)), "data": {"image": pool[rng.integers(len(pool))]}}
+
+
+def test_random_bodies_never_get_a_raw_500(app_env):
+    """A seeded fuzz over the fields Label Studio sends: every answer is JSON, none is a 500."""
+    import numpy as np
+
+    _, _, client, _ = app_env
+    rng = np.random.default_rng(0)
+    fields = {"/predict": ["tasks", "project", "label_config", "params"], "/setup": ["project", "schema"],
+              "/webhook": ["action", "project", "annotation", "annotations", "task"]}
+    for _ in range(150):
+        for path, names in fields.items():
+            body = {n: _random_value(rng) for n in names if rng.random() < 0.8}
+            if path == "/predict" and rng.random() < 0.5:      # well-formed around one random field
+                body = {"tasks": [_random_value(rng, 3) for _ in range(2)], "project": "7.1", "label_config": CONFIG,
+                        **{names[rng.integers(len(names))]: _random_value(rng)}}
+            r = client.post(path, json=body)
+            assert r.status_code != 500 and r.is_json and "Traceback" not in r.get_data(as_text=True), (path, body)
