@@ -480,10 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     wh = sub.add_parser("webhook-secret", help="make a project's Label Studio webhook send DGAN_WEBHOOK_SECRET",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
-                        epilog="reads LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY / DGAN_WEBHOOK_SECRET like `dgan serve`;\n"
-                               "run it once per project after connecting the model (creates the webhook if missing)")
+                        epilog="reads LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY / DGAN_WEBHOOK_SECRET like "
+                               "`dgan serve`;\nrun it once per project after connecting the model (creates the "
+                               "webhook if missing)")
     wh.add_argument("--project", type=project_id, required=True)
-    wh.add_argument("--backend-url", required=True, help="the model URL as entered in Label Studio, e.g. http://ml:9090")
+    wh.add_argument("--backend-url", required=True,
+                    help="the model URL as entered in Label Studio, e.g. http://ml:9090")
     wh.set_defaults(func=_cmd_webhook_secret)
 
     b = sub.add_parser("bench", help="benchmarks (JSON)")

@@ -103,8 +103,8 @@ def test_export_errors_are_one_line_and_nothing_half_written(tmp_path, capsys):
 
 
 def test_project_id_zero_is_refused_not_read_as_no_project(capsys):
-    for argv in (["export", "--project", "0", "--format", "coco", "--out", "x"],
-                 ["push", "--project", "-2", "--n", "5"], ["export", "--project", "abc", "--format", "voc", "--out", "x"]):
+    for argv in (["export", "--project", "0", "--format", "coco", "--out", "x"], ["push", "--project", "-2", "--n", "5"],
+                 ["export", "--project", "abc", "--format", "voc", "--out", "x"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2

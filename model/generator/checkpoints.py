@@ -219,8 +219,8 @@ def read_nvlabs_pickle(path: str | Path, key: str = "G_ema") -> tuple[dict[str, 
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file fails in many ways inside pickle
         raise CheckpointError(f"{path}: not a readable NVlabs network pickle ({type(e).__name__}: "
-                              f"{' '.join(str(e).split())[:200]}); the file may be truncated or not a pickle. Supported formats: "
-                              f"{'; '.join(SUPPORTED)}") from e
+                              f"{' '.join(str(e).split())[:200]}); the file may be truncated or not a pickle. "
+                              f"Supported formats: {'; '.join(SUPPORTED)}") from e
     if not isinstance(data, dict) or key not in data:
         found = list(data) if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path}: expected an NVlabs snapshot dict with {key!r}, found {found}")
