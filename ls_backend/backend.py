@@ -1,8 +1,12 @@
-"""The backend object: ``setup`` / ``predict`` / ``fit`` over the model/ pipeline.
+"""The backend object: ``setup`` / ``predict`` / ``fit`` / ``train_segmenter`` over :class:`model.pipeline.Pipeline`.
 
-One instance per process, created lazily (never at import). The generator and encoder are loaded on
-first use and kept; a project's interpreter is reloaded only when a newer version lands on disk.
-No tensor math here beyond calling model/.
+One instance per process, created lazily (never at import). The pipeline (generator, encoder) is
+loaded on first use and kept; a project's models are reloaded only when a newer version lands on disk.
+
+What answers ``/predict`` for a project: its newest ready segmenter (a U-Net trained after a fit on the
+labeled images and a synthesized pool; no inversion, milliseconds per task; model_version
+``dgan-vN-segmenter``), else its newest interpreter through inversion (``dgan-vN``), else nothing yet
+(``dgan-untrained``). Label Studio I/O and the project store live here; every tensor lives in model/.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from functools import cached_property
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .brush import LabelMap, mask_to_results, parse_label_config, results_to_mask, validate_results
 from .config import Settings
@@ -53,27 +56,24 @@ class Backend:
         self.store = ProjectStore(settings.model_dir, keep_versions=settings.keep_versions)
         self._lock = threading.Lock()
         self._interpreters: dict[int, tuple[int, object]] = {}
+        self._segmenters: dict[int, tuple[int, object]] = {}
 
     # -- lazily loaded, cached models -----------------------------------------------------------
     @cached_property
+    def pipeline(self):
+        from model.pipeline import Pipeline
+
+        pipe = Pipeline.load(self.settings.generator, self.settings.encoder, self.settings.inversion_steps)
+        log.info("loaded generator (%dpx)", pipe.resolution)
+        return pipe
+
+    @property
     def generator(self):
-        from model.generator.default import load_default_or
+        return self.pipeline.G
 
-        G = load_default_or(self.settings.generator)
-        log.info("loaded generator (%dpx)", G.cfg.resolution)
-        return G
-
-    @cached_property
+    @property
     def generator_id(self) -> str:
-        from model.generator.checkpoints import generator_id
-
-        return generator_id(self.generator)
-
-    @cached_property
-    def encoder(self):
-        from model.generator.default import load_encoder_for
-
-        return load_encoder_for(self.generator, self.settings.encoder)
+        return self.pipeline.generator_id
 
     @cached_property
     def client(self):
@@ -96,7 +96,25 @@ class Backend:
             self._interpreters[project] = (version, interp)
             return version, interp
 
+    def segmenter(self, project: int):
+        """(version, Segmenter) of the project's newest ready segmenter, or (0, None) while none is."""
+        from model.segmenter import Segmenter
+
+        version = self.store.latest_segmenter(project)
+        with self._lock:
+            cached = self._segmenters.get(project)
+            if cached and cached[0] == version:
+                return cached
+            if version == 0:
+                return 0, None
+            seg = Segmenter.load(self.store.segmenter_path(project, version), generator_id=self.generator_id)
+            self._segmenters[project] = (version, seg)
+            return version, seg
+
     def model_version(self, project: int) -> str:
+        seg_version = self.store.latest_segmenter(project)
+        if seg_version:
+            return segmenter_version_name(seg_version)
         return model_version_name(self.store.latest_version(project))
 
     # -- the Label Studio contract ---------------------------------------------------------------
@@ -119,24 +137,15 @@ class Backend:
         return TaskImage(int(task.get("id", -1)), img, image_hash(raw), int(seed) if seed is not None and gen_ok else None,
                          float(data.get("dgan_psi", 1.0)))
 
-    def to_generator_input(self, img: np.ndarray) -> np.ndarray:
-        res = self.generator.cfg.resolution
-        if img.shape[:2] == (res, res):
-            return img
-        return np.asarray(Image.fromarray(img).resize((res, res), Image.BILINEAR))
-
     def latents(self, items: list[TaskImage], steps: int | None = None) -> torch.Tensor:
         """W+ latents [N, num_ws, w_dim]: exact for our synthesized tasks, cached by image hash, else inverted
         (batched) and cached."""
-        from model.inversion import images_to_tensor, invert
-        from model.synthesis import latents_for_seeds
-
-        G = self.generator
+        pipe = self.pipeline
         out: list[torch.Tensor | None] = [None] * len(items)
         todo = []
         for i, it in enumerate(items):
             if it.seed is not None:
-                out[i] = latents_for_seeds(G, [it.seed], it.psi)[0]
+                out[i] = pipe.seed_latents([it.seed], it.psi)[0]
             else:
                 cached = self.store.get_latent(it.digest, self.generator_id)
                 if cached is not None:
@@ -144,36 +153,37 @@ class Backend:
                 else:
                     todo.append(i)
         if todo:
-            x = images_to_tensor(np.stack([self.to_generator_input(items[i].image) for i in todo]))
-            res = invert(G, x, encoder=self.encoder, steps=self.settings.inversion_steps if steps is None else steps)
+            ws, psnr = pipe.invert(np.stack([pipe.to_resolution(items[i].image) for i in todo]), steps)
             for j, i in enumerate(todo):
-                out[i] = res.ws[j]
-                self.store.put_latent(items[i].digest, self.generator_id, res.ws[j], float(res.psnr_db[j]))
+                out[i] = ws[j]
+                self.store.put_latent(items[i].digest, self.generator_id, ws[j], float(psnr[j]))
         return torch.stack(out)  # type: ignore[arg-type]
 
     def predict_items(self, project: int, items: list[TaskImage], label_map: LabelMap) -> list[dict]:
-        """Prediction entries {result, score, model_version} for decoded task images."""
-        from model.labeling import label_latents
-
-        version, interp = self.interpreter(project)
-        if interp is None:
-            return [untrained_entry() for _ in items]
-        if interp.class_names != label_map.class_names:
-            raise ValueError(f"model {model_version_name(version)} was fitted for labels {interp.class_names[1:]}, "
-                             f"the project now has {list(label_map.labels)}; train again (POST /api/ml/<id>/train)")
-        ws = self.latents(items)
-        _, pred = label_latents(self.generator, interp, ws)
+        """Prediction entries {result, score, model_version} for decoded task images: by the newest ready
+        segmenter whose labels match the config, else by the newest interpreter through inversion."""
+        pipe = self.pipeline
+        seg_version, seg = self.segmenter(project)
+        if seg is not None and seg.class_names == label_map.class_names:
+            pred = seg.label(np.stack([pipe.to_resolution(it.image) for it in items]))
+            name = segmenter_version_name(seg_version)
+        else:
+            version, interp = self.interpreter(project)
+            if interp is None:
+                return [untrained_entry() for _ in items]
+            if interp.class_names != label_map.class_names:
+                raise ValueError(f"model {model_version_name(version)} was fitted for labels {interp.class_names[1:]}, "
+                                 f"the project now has {list(label_map.labels)}; train again (POST /api/ml/<id>/train)")
+            pred = pipe.label(interp, self.latents(items))[1]
+            name = model_version_name(version)
         entries = []
-        n_cls = len(interp.class_names)
+        n_cls = len(label_map.class_names)
         for it, labels, score in zip(items, pred.labels, pred.score):
-            h, w = it.image.shape[:2]
-            if (h, w) != labels.shape:
-                labels = np.asarray(Image.fromarray(labels).resize((w, h), Image.NEAREST))
-            certainty = float(np.clip(1.0 - score / np.log(n_cls), 0.0, 1.0))
+            labels = pipe.masks_to_size(labels, *it.image.shape[:2])
             results = mask_to_results(labels, label_map)
             validate_results(results, label_map)   # Label Studio accepts anything; we do not send anything
-            entries.append({"result": results, "score": round(certainty, 4),
-                            "model_version": model_version_name(version)})
+            entries.append({"result": results, "score": round(pipe.certainty(float(score), n_cls), 4),
+                            "model_version": name})
         return entries
 
     def predict(self, project: int, tasks: list[dict], label_config: str,
@@ -184,7 +194,8 @@ class Backend:
         budget = self.settings.predict_budget_s if budget_s is None else budget_s
         t0 = time.time()
         version, interp = self.interpreter(project)
-        if interp is None:   # nothing to predict with: say so at once, without fetching any image
+        if interp is None and self.store.latest_segmenter(project) == 0:
+            # nothing to predict with: say so at once, without fetching any image
             return [untrained_entry() for _ in tasks], []
         entries: list[dict] = []
         leftover: list[int] = []
@@ -207,7 +218,7 @@ class Backend:
             for t in chunk:
                 if int(t.get("id", -1)) in bad:
                     # No "result": Label Studio stores nothing and asks again once the image is fixed.
-                    entries.append({"model_version": model_version_name(version), "error": bad[int(t.get("id", -1))]})
+                    entries.append({"model_version": self.model_version(project), "error": bad[int(t.get("id", -1))]})
                 else:
                     entries.append(next(done))
             per_task = (time.time() - t0) / len(entries)
@@ -215,10 +226,8 @@ class Backend:
 
     # -- fitting (called by the worker's job) ----------------------------------------------------
     def fit(self, project: int) -> dict:
-        """Fit version N+1 from the project's current annotations; returns its metadata."""
-        from model.interpreter import InterpreterConfig
-        from model.labeling import fit_from_latents
-
+        """Fit version N+1 from the project's current annotations; returns its metadata. The labeled
+        images are kept beside it for :meth:`train_segmenter` (queued by the worker after the fit)."""
         t0 = time.time()
         label_config = self.client.label_config(project)
         label_map = parse_label_config(label_config)
@@ -241,26 +250,57 @@ class Backend:
             if mask.shape != item.image.shape[:2]:
                 log.warning("task %s: mask %s does not match image %s; skipped", task["id"], mask.shape, item.image.shape)
                 continue
-            res = self.generator.cfg.resolution
-            if mask.shape != (res, res):
-                mask = np.asarray(Image.fromarray(mask).resize((res, res), Image.NEAREST))
             items.append(item)
-            masks.append(mask)
+            masks.append(self.pipeline.masks_to_resolution(mask))
             ids.append({"task": item.task_id, "annotation": annotation.get("id")})
         if not items:
             raise ValueError(f"project {project} has no usable brush annotations yet; annotate at least one task")
+        pipe = self.pipeline
         ws = self.latents(items)
         masks_np = np.stack(masks)
-        cfg = InterpreterConfig(in_dim=0, n_classes=len(label_map.class_names))
-        cv = cross_validated_miou(self.generator, ws, masks_np, label_map.class_names) if len(items) >= 4 else None
-        interp = fit_from_latents(self.generator, ws, masks_np, label_map.class_names, cfg)
+        classes = label_map.class_names
+        cv = pipe.cross_validate(ws, masks_np, classes) if len(items) >= 4 else None
+        interp = pipe.fit(ws, masks_np, classes)
         version, path = self.store.next_version_paths(project)
         interp.save(path)
-        meta = {"model_version": model_version_name(version), "trained_on": ids, "n_images": len(items),
-                "cv_miou": cv, "fit_seconds": round(time.time() - t0, 2), "generator_id": self.generator_id,
+        np.savez_compressed(self.store.training_data_path(project, version),
+                            images=np.stack([pipe.to_resolution(it.image) for it in items]), masks=masks_np)
+        meta = {"version": version, "model_version": model_version_name(version), "trained_on": ids, "n_images": len(items),
+                "cv_miou": cv.miou if cv else None, "cv_per_class": cv.per_class if cv else None,
+                "fit_seconds": round(time.time() - t0, 2), "generator_id": self.generator_id,
                 "labels": list(label_map.labels), "annotations_digest": digest}
         self.store.commit_version(project, version, meta)
         return meta
+
+    def train_segmenter(self, project: int, version: int) -> dict:
+        """Train the segmenter of fitted version N from the images it was fitted on (minutes; no lock
+        needed: it writes only its own file). Skipped when a newer version exists (its own job trains it)
+        or when the segmenter is already there. Returns a summary."""
+        from model.pipeline import SegmenterRecipe
+
+        name = segmenter_version_name(version)
+        if self.store.latest_version(project) > version:
+            return {"model_version": name, "skipped": "a newer version exists; its own job trains its segmenter"}
+        path = self.store.segmenter_path(project, version)
+        if path.exists():
+            return {"model_version": name, "skipped": "already trained"}
+        data_path = self.store.training_data_path(project, version)
+        if not data_path.exists():
+            return {"model_version": name, "skipped": f"no training data for {model_version_name(version)} "
+                                                      "(pruned, or fitted before segmenters existed)"}
+        with np.load(data_path) as data:
+            images, masks = data["images"], data["masks"]
+        classes = self.store.version_meta(project, version).get("labels")
+        class_names = ["background", *classes] if classes is not None else None
+        if class_names is None:
+            _, interp = self.interpreter(project)
+            class_names = interp.class_names
+        recipe = SegmenterRecipe.quick() if self.settings.segmenter_recipe == "quick" else SegmenterRecipe()
+        seg = self.pipeline.train_segmenter(images, masks, class_names, recipe, seed=version,
+                                            log=lambda m: log.info("project %s %s: %s", project, name, m))
+        seg.meta.update({"model_version": name, "trained_after": model_version_name(version)})
+        seg.save(path)
+        return {"model_version": name, "seconds": seg.meta["seconds"], "n_real": seg.meta["n_real"]}
 
 
 def untrained_entry() -> dict:
@@ -268,20 +308,6 @@ def untrained_entry() -> dict:
     return {"result": [], "score": 0.0, "model_version": model_version_name(0)}
 
 
-def cross_validated_miou(G, ws: torch.Tensor, masks: np.ndarray, class_names: list[str], folds: int = 4) -> float:
-    """k-fold mIoU (%) of a lighter interpreter (3 members, half the training) on the annotated images
-    themselves: a quick, slightly pessimistic estimate of the fitted model's quality."""
-    from model.interpreter import InterpreterConfig
-    from model.labeling import fit_from_latents, label_latents
-    from model.metrics import mean_iou
-
-    n = len(ws)
-    order = np.arange(n)
-    preds = np.zeros_like(masks)
-    for k in range(min(folds, n)):
-        test = order[k::folds]
-        train = np.setdiff1d(order, test)
-        cfg = InterpreterConfig(in_dim=0, n_classes=len(class_names), members=3, epochs=6)
-        interp = fit_from_latents(G, ws[train], masks[train], class_names, cfg, seed=k)
-        preds[test] = label_latents(G, interp, ws[test])[1].labels
-    return round(100 * mean_iou(preds, masks, len(class_names)), 2)
+def segmenter_version_name(version: int) -> str:
+    """model_version of predictions by the segmenter trained after fit N."""
+    return f"{model_version_name(version)}-segmenter"

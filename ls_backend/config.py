@@ -34,6 +34,8 @@ ENV_DOC = {
     "DGAN_KEEP_VERSIONS": "Interpreter versions kept per project, newest first (default 5)",
     "DGAN_REDIS_PREFIX": "Prefix of every Redis key (default dgan): installations sharing a Redis use different ones",
     "DGAN_QUEUE": "RQ queue name (default dgan)",
+    "DGAN_SEGMENTER": "After each fit, train the U-Net that then serves /predict: default (about 5 min at 64 px on "
+                      "2 cores), quick (seconds; smoke tests) or off (the interpreter serves)",
 }
 WEBHOOK_SECRET_HEADER = "X-Dgan-Webhook-Secret"
 
@@ -58,6 +60,7 @@ class Settings:
     max_request_pixels: int = 100_000_000
     keep_versions: int = 5
     redis_prefix: str = DEFAULT_PREFIX
+    segmenter_recipe: str = "default"     # "default", "quick" (tests, smoke runs) or "off"
 
     @property
     def keys(self) -> RedisKeys:
@@ -120,6 +123,11 @@ class Settings:
         for name in ("DGAN_GENERATOR", "DGAN_ENCODER"):
             if env.get(name) and not Path(env[name]).is_file():
                 problems.append(f"{name}={env[name]!r} does not exist")
+        segmenter = (env.get("DGAN_SEGMENTER") or "default").strip().lower()
+        if segmenter not in ("default", "quick", "off"):
+            problems.append(f"DGAN_SEGMENTER={segmenter!r} must be default (train the pre-annotating U-Net after "
+                            "each fit), quick (a seconds-long smoke recipe) or off (serve the interpreter only)")
+            segmenter = "default"
         roots = [Path(p).resolve() for p in env.get("DGAN_ALLOWED_ROOTS", "").split(os.pathsep) if p.strip()]
         settings = cls(
             label_studio_url=url, label_studio_api_key=key,
@@ -135,7 +143,7 @@ class Settings:
             max_request_bytes=int(number("DGAN_MAX_REQUEST_BYTES", 32 << 20, int, 1024)),
             max_request_pixels=int(number("DGAN_MAX_REQUEST_PIXELS", 100_000_000, int, 1)),
             keep_versions=int(number("DGAN_KEEP_VERSIONS", 5, int, 1)),
-            redis_prefix=prefix)
+            redis_prefix=prefix, segmenter_recipe=segmenter)
         if settings.max_request_pixels < settings.max_image_pixels:
             problems.append(f"DGAN_MAX_REQUEST_PIXELS={settings.max_request_pixels} is below DGAN_MAX_IMAGE_PIXELS="
                             f"{settings.max_image_pixels}: one allowed image would already be refused; raise it")

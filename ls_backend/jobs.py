@@ -126,7 +126,8 @@ def fit_project(project: int) -> dict:
                         break
                     conn.set(keys.fitted_seq(project), seq)
                     conn.set(keys.last_fit(project), json.dumps({**meta, "at": time.time()}))
-                    fits.append({"model_version": meta["model_version"], "seconds": round(time.time() - t0, 2)})
+                    fits.append({"model_version": meta["model_version"], **({"version": meta["version"]} if "version" in meta else {}),
+                                 "seconds": round(time.time() - t0, 2)})
         finally:
             try:
                 lock.release()
@@ -134,7 +135,28 @@ def fit_project(project: int) -> dict:
                 pass
         # An event may have arrived between our last check and the release: look once more.
         if not behind():
+            fitted = [f["version"] for f in fits if "version" in f]
+            if fitted:   # the segmenter trains outside the lock: the next fit never waits for it
+                enqueue_segmenter(backend.settings, conn, project, fitted[-1])
             return {"project": project, "fits": fits}
+
+
+def train_segmenter(project: int, version: int) -> dict:
+    """RQ job: train the segmenter of fitted version N (see ``Backend.train_segmenter``). It holds no
+    lock: it reads version N's saved training images and writes only its own file, atomically."""
+    return {"project": project, **get_backend().train_segmenter(project, version)}
+
+
+def enqueue_segmenter(settings: Settings, conn: Redis, project: int, version: int) -> str | None:
+    """Queue the segmenter of version N unless DGAN_SEGMENTER=off; returns the job id."""
+    from rq import Retry
+
+    if settings.segmenter_recipe == "off":
+        return None
+    job = queue(settings, conn).enqueue(train_segmenter, project, version, retry=Retry(max=2, interval=[30, 120]),
+                                        job_timeout=JOB_TIMEOUT_S,
+                                        description=f"train the segmenter of project {project} v{version}")
+    return job.id
 
 
 def predict_and_import(project: int, task_ids: list[int], label_config: str) -> dict:

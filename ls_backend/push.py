@@ -29,10 +29,10 @@ import numpy as np
 from PIL import Image
 
 from model.images import png_data_uri
+from model.pipeline import certainty
 
 from .brush import mask_to_results, parse_label_config
 from .redis_keys import RedisKeys
-from .store import model_version_name
 
 MAX_DATA_URI_PX = 256                         # larger images must go to storage, not into the task JSON
 
@@ -88,13 +88,13 @@ class Pusher:
                              "--document-root (or DGAN_LS_DOCUMENT_ROOT) = Label Studio's "
                              "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT so images are stored as files")
         chunk = max(1, min(chunk, math.ceil(n / (1 - filter_frac))))   # never synthesize far more than n
-        version, interp = self.backend.interpreter(project)
+        _, interp = self.backend.interpreter(project)
         if interp is None:
             raise ValueError(f"project {project} has no fitted model yet; annotate a few tasks and train first")
         span = math.ceil(n / max(1, chunk - int(round(chunk * filter_frac)))) * chunk
         base = int(self.conn.incrby(self.keys.next_seed(project), span)) - span
         storage = f"local:{self.document_root}" if self.document_root else "datauri"
-        run = PushRun(uuid.uuid4().hex[:12], project, n, base, chunk, filter_frac, psi, model_version_name(version),
+        run = PushRun(uuid.uuid4().hex[:12], project, n, base, chunk, filter_frac, psi, self.backend.model_version(project),
                       storage, time.time())
         self.conn.set(self.keys.push_run(project), json.dumps(asdict(run)))
         return run, False
@@ -133,7 +133,7 @@ class Pusher:
     def run_chunk(self, run: PushRun, k: int, lease_s: int = 600) -> int | None:
         """Synthesize, filter and import chunk k. Returns the tasks imported, 0 if it was already done,
         None if another live process is working on it."""
-        from model.synthesis import generate_chunk, keep_most_certain
+        from model.synthesis import keep_most_certain
 
         lock = self.keys.push_chunk_lock(run.run_id, k)
         if self.chunk_state(run, k) == "done":
@@ -144,23 +144,28 @@ class Pusher:
             state = self.chunk_state(run, k)
             if state == "done":
                 return 0
-            _, interp = self.backend.interpreter(run.project)
             label_map = parse_label_config(self.backend.client.label_config(run.project))
-            if interp is None or interp.class_names != label_map.class_names:
+            # Labels by the project's segmenter once it is ready (it labels generated images best), else
+            # by its interpreter.
+            _, seg = self.backend.segmenter(run.project)
+            if seg is not None and seg.class_names != label_map.class_names:
+                seg = None
+            _, interp = self.backend.interpreter(run.project)
+            if seg is None and (interp is None or interp.class_names != label_map.class_names):
                 raise ValueError(f"project {run.project}'s model does not match its labels; train it again")
             seeds = list(range(run.base_seed + k * run.chunk, run.base_seed + (k + 1) * run.chunk))
-            samples = keep_most_certain(generate_chunk(self.backend.generator, interp, seeds, psi=run.psi),
+            samples = keep_most_certain(self.backend.pipeline.synthesize(seeds, interp, psi=run.psi, segmenter=seg),
                                         run.filter_frac)[:run.quota(k)]
             self.conn.expire(lock, lease_s)      # synthesis took part of the lease: renew it for the import
             if state == "importing":      # a previous attempt may have imported: skip what is there
                 present = self._existing_seeds(run.project)
                 samples = [x for x in samples if x.seed not in present]
-            return self.import_samples(run, k, samples, interp, label_map)
+            return self.import_samples(run, k, samples, label_map)
         finally:
             if (self.conn.get(lock) or b"").decode() == self.owner:
                 self.conn.delete(lock)
 
-    def import_samples(self, run: PushRun, k: int, samples: list, interp, label_map) -> int:
+    def import_samples(self, run: PushRun, k: int, samples: list, label_map) -> int:
         """The push stage of chunk k: images to storage, masks to brush RLE, tasks with predictions
         imported in requests of ``import_batch``, chunk state "importing" → "done" in Redis. Returns the
         tasks imported.
@@ -172,7 +177,7 @@ class Pusher:
         if run.storage.startswith("local:"):
             project_dir = Path(run.storage[len("local:"):]) / "dgan" / f"project-{run.project}" / run.run_id
             project_dir.mkdir(parents=True, exist_ok=True)
-        n_cls = len(interp.class_names)
+        n_cls = len(label_map.class_names)
         self.conn.set(key, "importing")
         imported = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgan-import") as importer:
@@ -194,12 +199,12 @@ class Pusher:
 
     def _task(self, run: PushRun, x, n_cls: int, label_map, project_dir: Path | None) -> dict:
         """One synthesized sample → a Label Studio task with its prediction (score = certainty)."""
-        certainty = float(np.clip(1 - x.uncertainty / np.log(n_cls), 0, 1))
+        sure = certainty(x.uncertainty, n_cls)
         return {"data": {label_map.image_key: self._image_value(run, x.seed, x.image, project_dir),
                          "dgan_seed": x.seed, "dgan_psi": run.psi, "dgan_uncertainty": round(x.uncertainty, 6),
                          "dgan_generator_id": self.backend.generator_id, "dgan_model_version": run.model_version,
                          "dgan_push_run": run.run_id},
-                "predictions": [{"result": mask_to_results(x.labels, label_map), "score": round(certainty, 4),
+                "predictions": [{"result": mask_to_results(x.labels, label_map), "score": round(sure, 4),
                                  "model_version": run.model_version}]}
 
     def push(self, run: PushRun, on_progress: Callable[[int], None] | None = None, poll_s: float = 2.0) -> int:

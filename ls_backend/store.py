@@ -5,6 +5,8 @@ Disk layout under ``MODEL_DIR``::
     projects/<id>/setup                   Label Studio has set this project up with the backend (/setup)
     projects/<id>/interpreters/v0001.pt   interpreter versions, written atomically (tmp + rename)
     projects/<id>/interpreters/v0001.json their metadata: training task/annotation ids, CV mIoU, timings
+    projects/<id>/interpreters/v0001.train.npz        the labeled images and masks v1 was fitted on
+    projects/<id>/interpreters/v0001.segmenter.pt     the segmenter trained on them after the fit
     latents/<sha256 of image bytes>.pt    W+ latents of inverted images (shared by all projects)
 
 A version is visible only once both files exist, so a crash mid-write never exposes half a model.
@@ -84,6 +86,20 @@ class ProjectStore:
     def version_meta(self, project: int, version: int) -> dict:
         return json.loads(self.interpreter_path(project, version).with_suffix(".json").read_text())
 
+    # -- what each version trains after its fit: the segmenter that pre-annotates ------------------
+    def training_data_path(self, project: int, version: int) -> Path:
+        """The labeled images (at the generator's resolution) and masks version N was fitted on (.npz)."""
+        return self._dir(project) / f"v{version:04d}.train.npz"
+
+    def segmenter_path(self, project: int, version: int) -> Path:
+        """The segmenter trained on version N's labeled images, written atomically when it is ready."""
+        return self._dir(project) / f"v{version:04d}.segmenter.pt"
+
+    def latest_segmenter(self, project: int) -> int:
+        """The newest version whose segmenter is ready (0 when none is)."""
+        ready = [v for v in self.versions(project) if self.segmenter_path(project, v).exists()]
+        return ready[-1] if ready else 0
+
     def next_version_paths(self, project: int) -> tuple[int, Path]:
         """Reserve the next version number: (N+1, its .pt path) — the caller writes the model then commits."""
         d = self._dir(project)
@@ -110,6 +126,8 @@ class ProjectStore:
             pt = self.interpreter_path(project, v)
             pt.with_suffix(".json").unlink(missing_ok=True)
             pt.unlink(missing_ok=True)
+            for extra in (self.segmenter_path(project, v), self.training_data_path(project, v)):
+                extra.unlink(missing_ok=True)
         if visible:   # models a crashed fit wrote without metadata, older than the newest version
             for pt in self._dir(project).glob("v*.pt"):
                 m = VERSION_RE.search(pt.name)

@@ -201,23 +201,24 @@ def bench_synthesis(generator: str | None = None, interpreter: str | None = None
 
 
 def bench_quality(generator: str | None = None, quick: bool = False, out_dir: str | None = None,
-                  unet_steps: int | None = None) -> dict:
+                  unet_steps: int | None = None, draws: int | None = None) -> dict:
     """The DatasetGAN comparison table (see model/quality_table.py); ``quick`` is a minutes-long smoke run.
     With ``out_dir`` the table so far is written after every draw, and the whole table at the end."""
-    from .generator.default import load_default_or, load_encoder_for
+    from .pipeline import Pipeline
     from .quality_table import QualitySettings, run_quality, write
 
-    G = load_default_or(generator)
     settings = QualitySettings.quick() if quick else QualitySettings()
     if unet_steps:
         settings.unet_steps = unet_steps
+    if draws:
+        settings.draws = draws
 
     def save(report: dict) -> None:
         if out_dir:
             write({**report, "machine": machine()}, out_dir)
 
-    report = run_quality(G, load_encoder_for(G), settings, log=lambda m: print(m, file=sys.stderr),
-                         on_partial=save)
+    pipe = Pipeline.load(generator, inversion_steps=settings.inversion_steps)
+    report = run_quality(pipe, settings, log=lambda m: print(m, file=sys.stderr, flush=True), on_partial=save)
     save(report)
     return {**report, "machine": machine()}
 
@@ -227,7 +228,7 @@ BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "interpreter": lambda a: bench_interpreter(a.generator),
     "inversion": lambda a: bench_inversion(a.generator),
     "synthesis": lambda a: bench_synthesis(a.generator),
-    "quality": lambda a: bench_quality(a.generator, a.quick, a.out_dir, a.unet_steps),
+    "quality": lambda a: bench_quality(a.generator, a.quick, a.out_dir, a.unet_steps, getattr(a, "draws", None)),
 }
 
 

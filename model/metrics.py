@@ -12,13 +12,17 @@ def confusion(pred: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarra
     return np.bincount(idx, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def iou_per_class(pred: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarray:
-    """IoU per class float64 [C]; NaN for classes absent from both prediction and target."""
-    cm = confusion(pred, target, n_classes)
+def iou_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """IoU per class float64 [C] of a confusion matrix [C, C]; NaN for classes absent from both sides."""
     inter = np.diag(cm).astype(np.float64)
     union = cm.sum(0) + cm.sum(1) - np.diag(cm)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / union, np.nan)
+
+
+def iou_per_class(pred: np.ndarray, target: np.ndarray, n_classes: int) -> np.ndarray:
+    """IoU per class float64 [C]; NaN for classes absent from both prediction and target."""
+    return iou_from_confusion(confusion(pred, target, n_classes))
 
 
 def mean_iou(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float:

@@ -1,19 +1,27 @@
 """The DatasetGAN comparison on the embedded domain, with exact ground truth (``dgan bench quality``).
 
-Methods, each scored by mIoU (%) on a held-out real test set, mean ± std over draws of the labeled set:
-1. ``unet_16_real``          U-Net trained on the 16 labeled real images;
-2. ``interpreter_inversion`` interpreter fitted on the 16 images paired with their inverted latents,
-                             applied to each test image through inversion;
-3. ``unet_synthetic_N``      U-Net trained on N synthetic images labeled by that interpreter;
-4. ``unet_5000_real``        U-Net on 5,000 labeled real images (the ceiling, one run);
-5. ``*_shifted``             methods 2 and 3 (and the ceiling) evaluated on the shifted domain variant.
+Every row is scored on a held-out real test set by mIoU (%) and per-class IoU, accumulated over the
+whole set (as PASCAL VOC), mean ± std over draws of the 16 labeled images; each row also states its
+difference from the same draw's few-shot U-Net. Every U-Net row uses one recipe
+(:func:`model.segmenter.train_segmenter`: √-inverse-frequency class weights, flips, shifts, colour
+jitter, one-cycle AdamW, flip test-time augmentation) with the steps stated in the settings.
 
-Diagnostics (what limits method 3), per draw:
-- ``interpreter_generated_16``: DatasetGAN's own protocol — the 16 labeled images are *generated*, so
-  their latents are exact; the ceiling U-Net stands in for the annotators. Against method 2 it shows
-  what the inversion pairing costs.
-- ``synthetic_label_agreement``: mIoU of method 2's interpreter labels on the synthetic pool against
-  the ceiling U-Net's labels of the same images — how good the labels method 3 trains on are.
+Rows:
+- ``unet_16_real``           the few-shot baseline: a U-Net on the 16 labeled real images;
+- ``served_pre_annotator``   what ``/predict`` serves once a project's segmenter is ready
+                             (:meth:`Pipeline.train_segmenter`: the few-shot U-Net as teacher of a pool
+                             of generator samples, a student on real + pseudo-labeled synthetic);
+- ``interpreter_inversion``  DatasetGAN's interpreter fitted on the 16 images paired with their inverted
+                             latents, applied to each test image through inversion (what ``/predict``
+                             serves before the segmenter is ready);
+- ``unet_synthetic_N``       a U-Net on N pushed synthetic images alone (labels as ``dgan push`` writes
+                             them, the most doubtful 10 % dropped);
+- ``unet_5000_real``         the ceiling: a U-Net on 5,000 labeled real images (one run);
+- ``*_shifted``              the same models on the shifted domain variant.
+
+Diagnostics, per draw: ``pushed_label_agreement`` (mIoU of the labels ``dgan push`` writes on a pool of
+generator samples against the ceiling U-Net's labels of the same images) and
+``interpreter_label_agreement`` (the same for the interpreter's labels).
 """
 
 from __future__ import annotations
@@ -24,17 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .domain import CLASSES, render_batch
-from .generator.stylegan2 import Generator
-from .images import to_uint8
-from .interpreter import InterpreterConfig
-from .inversion import LatentEncoder, images_to_tensor, invert
-from .labeling import fit_from_latents, label_latents
-from .metrics import mean_iou
-from .segmenter import predict, train_segmenter
-from .synthesis import generate_chunk, keep_most_certain, latents_for_seeds
+from .metrics import iou_per_class
+from .pipeline import Pipeline, SegmenterRecipe
+from .segmenter import Segmenter, predict, train_segmenter
+from .synthesis import keep_most_certain
 
 
 @dataclass
@@ -44,61 +47,77 @@ class QualitySettings:
     n_test: int = 500
     synthetic_sizes: tuple[int, ...] = (1000, 5000)
     n_ceiling: int = 5000
-    unet_steps: int = 1500
+    unet_steps: int = 800          # few-shot U-Net, teacher and student alike
+    ceiling_steps: int = 3000      # the ceiling sees 5,000 images: more steps
     inversion_steps: int = 30
     filter_frac: float = 0.1
     members: int = 10
+    pool: int = 2000               # generator samples the served segmenter learns from
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> "QualitySettings":
-        return cls(draws=1, n_test=100, synthetic_sizes=(200,), n_ceiling=500, unet_steps=300, members=5)
+        return cls(draws=1, n_test=100, synthetic_sizes=(200,), n_ceiling=500, unet_steps=150, ceiling_steps=200,
+                   members=5, pool=200)
+
+    def recipe(self) -> SegmenterRecipe:
+        return SegmenterRecipe(teacher_steps=self.unet_steps, student_steps=self.unet_steps, pool=self.pool)
 
 
-def _invert_all(G: Generator, enc: LatentEncoder | None, images: np.ndarray, steps: int, batch: int = 50) -> torch.Tensor:
-    parts = [invert(G, images_to_tensor(images[i:i + batch]), encoder=enc, steps=steps).ws
-             for i in range(0, len(images), batch)]
-    return torch.cat(parts)
+def _summ(runs: list[dict], classes: list[str]) -> dict:
+    """[{"miou", "per_class": [C], "diff"?}] → mean ± std of mIoU, per-class mean, difference to the baseline."""
+    mious = [r["miou"] for r in runs]
+    arr = np.array([r["per_class"] for r in runs], dtype=np.float64)
+    seen = ~np.isnan(arr)
+    per_class = np.where(seen.any(0), np.where(seen, arr, 0).sum(0) / np.maximum(seen.sum(0), 1), np.nan)
+    out = {"miou_mean": round(float(np.mean(mious)), 2), "miou_std": round(float(np.std(mious)), 2),
+           "runs": [round(v, 2) for v in mious],
+           "per_class": {c: (None if np.isnan(v) else round(float(v), 1)) for c, v in zip(classes, per_class)}}
+    diffs = [r["diff"] for r in runs if r.get("diff") is not None]
+    if diffs:
+        out["diff_vs_few_shot_mean"] = round(float(np.mean(diffs)), 2)
+        out["diff_vs_few_shot_std"] = round(float(np.std(diffs)), 2)
+    return out
 
 
-def _summ(values: list[float]) -> dict:
-    return {"miou_mean": round(float(np.mean(values)), 2), "miou_std": round(float(np.std(values)), 2),
-            "runs": [round(v, 2) for v in values]}
+def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None) -> dict:
+    """Run the whole table; returns {"settings", "methods": {name: {miou_mean, miou_std, runs, per_class,
+    diff_vs_few_shot_*}}, "diagnostics", "seconds", "complete"}.
 
-
-def run_quality(G: Generator, enc: LatentEncoder | None, s: QualitySettings, log=print,
-                on_partial=None) -> dict:
-    """Run the whole table; returns {"settings", "methods": {name: {miou_mean, miou_std, runs}}, "seconds"}.
-
-    ``on_partial(report)``, if given, receives the table so far after every draw (an hour-long run
-    leaves its finished draws behind when it is stopped)."""
+    ``on_partial(report)``, if given, receives the table so far after the ceiling and after every draw
+    (an hour-long run leaves its finished draws behind when it is stopped)."""
     t0 = time.time()
-    res, n_cls, classes = G.cfg.resolution, len(CLASSES), list(CLASSES)
+    res, classes = pipe.resolution, list(CLASSES)
+    n_cls = len(classes)
     test_img, test_lab = render_batch(s.n_test, seed=1000 + s.seed, size=res)
     sh_img, sh_lab = render_batch(s.n_test, seed=1000 + s.seed, size=res, variant="shifted")
     log(f"inverting {2 * s.n_test} test images ...")
-    test_ws = _invert_all(G, enc, test_img, s.inversion_steps)
-    sh_ws = _invert_all(G, enc, sh_img, s.inversion_steps)
-    scores: dict[str, list[float]] = {}
-    diagnostics: dict[str, list[float]] = {}
+    test_ws = pipe.invert(test_img, s.inversion_steps)[0]
+    sh_ws = pipe.invert(sh_img, s.inversion_steps)[0]
+    scores: dict[str, list[dict]] = {}
+    diagnostics: dict[str, list[dict]] = {}
+    baseline: dict[str, float] = {}
 
     def report(done: bool) -> dict:
-        return {"settings": dict(s.__dict__), "methods": {k: _summ(v) for k, v in scores.items()},
-                "diagnostics": {k: _summ(v) for k, v in diagnostics.items()},
+        return {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
+                "classes": classes, "unet_recipe": _RECIPE_TEXT,
+                "methods": {k: _summ(v, classes) for k, v in scores.items()},
+                "diagnostics": {k: _summ(v, classes) for k, v in diagnostics.items()},
                 "seconds": round(time.time() - t0, 1), "complete": done}
 
-    def add(name: str, value: float, table: dict | None = None) -> None:
-        (scores if table is None else table).setdefault(name, []).append(100 * value)
-        log(f"  {name}: {100 * value:.2f}")
+    def add(name: str, pred: np.ndarray, target: np.ndarray, table: dict | None = None) -> None:
+        iou = 100 * iou_per_class(pred, target, n_cls)
+        miou = float(np.nanmean(iou))
+        base = baseline.get("shifted" if name.endswith("_shifted") else "default")
+        diff = None if table is not None or name.startswith(f"unet_{s.n_labeled}_real") or base is None else miou - base
+        (scores if table is None else table).setdefault(name, []).append(
+            {"miou": miou, "per_class": iou.tolist(), "diff": diff})
+        log(f"  {name}: {miou:.2f}" + ("" if diff is None else f" ({diff:+.2f} vs few-shot U-Net)"))
 
-    # The ceiling first: it also stands in for the annotators of generated images (diagnostics).
     log("ceiling")
     ceil_img, ceil_lab = render_batch(s.n_ceiling, seed=3000 + s.seed, size=res)
-    ceiling = train_segmenter(ceil_img, ceil_lab, n_cls, steps=s.unet_steps).model
-    add(f"unet_{s.n_ceiling}_real", mean_iou(predict(ceiling, test_img), test_lab, n_cls))
-    add(f"unet_{s.n_ceiling}_real_shifted", mean_iou(predict(ceiling, sh_img), sh_lab, n_cls))
-    cfg = InterpreterConfig(in_dim=0, n_classes=n_cls, members=s.members)
+    ceiling = train_segmenter(ceil_img, ceil_lab, n_cls, steps=s.ceiling_steps).model
     if on_partial is not None:
         on_partial(report(False))
 
@@ -106,41 +125,61 @@ def run_quality(G: Generator, enc: LatentEncoder | None, s: QualitySettings, log
         log(f"draw {draw + 1}/{s.draws}")
         lab_img, lab_lab = render_batch(s.n_labeled, seed=2000 + s.seed, size=res, start=draw * s.n_labeled)
         few = train_segmenter(lab_img, lab_lab, n_cls, steps=s.unet_steps, seed=draw).model
-        add(f"unet_{s.n_labeled}_real", mean_iou(predict(few, test_img), test_lab, n_cls))
-        ws = _invert_all(G, enc, lab_img, s.inversion_steps)
-        interp = fit_from_latents(G, ws, lab_lab, classes, cfg, seed=draw)
-        add("interpreter_inversion", mean_iou(label_latents(G, interp, test_ws)[1].labels, test_lab, n_cls))
-        add("interpreter_inversion_shifted", mean_iou(label_latents(G, interp, sh_ws)[1].labels, sh_lab, n_cls))
-        gen_ws = latents_for_seeds(G, list(range(draw * 10**6 + 900_000, draw * 10**6 + 900_000 + s.n_labeled)))
-        gen_img = label_latents(G, interp, gen_ws)[0]
-        gen_interp = fit_from_latents(G, gen_ws, predict(ceiling, to_uint8(gen_img)), classes, cfg, seed=draw)
-        add(f"interpreter_generated_{s.n_labeled}", mean_iou(label_latents(G, gen_interp, test_ws)[1].labels, test_lab, n_cls),
-            diagnostics)
-        add(f"interpreter_generated_{s.n_labeled}_shifted",
-            mean_iou(label_latents(G, gen_interp, sh_ws)[1].labels, sh_lab, n_cls), diagnostics)
+        baseline["default"] = 100 * float(np.nanmean(iou_per_class(predict(few, test_img), test_lab, n_cls)))
+        baseline["shifted"] = 100 * float(np.nanmean(iou_per_class(predict(few, sh_img), sh_lab, n_cls)))
+        add(f"unet_{s.n_labeled}_real", predict(few, test_img), test_lab)
+        add(f"unet_{s.n_labeled}_real_shifted", predict(few, sh_img), sh_lab)
+        add(f"unet_{s.n_ceiling}_real", predict(ceiling, test_img), test_lab)
+        add(f"unet_{s.n_ceiling}_real_shifted", predict(ceiling, sh_img), sh_lab)
+
+        served = pipe.train_segmenter(lab_img, lab_lab, classes, s.recipe(), seed=draw,
+                                      teacher=Segmenter(few, classes, pipe.generator_id), log=log)
+        add("served_pre_annotator", served.label(test_img).labels, test_lab)
+        add("served_pre_annotator_shifted", served.label(sh_img).labels, sh_lab)
+
+        interp = pipe.fit(pipe.invert(lab_img, s.inversion_steps)[0], lab_lab, classes, members=s.members, seed=draw)
+        add("interpreter_inversion", pipe.label(interp, test_ws)[1].labels, test_lab)
+        add("interpreter_inversion_shifted", pipe.label(interp, sh_ws)[1].labels, sh_lab)
+
         # Seeds draw·10⁶ + i: every size's seed range is a prefix of the largest one, so synthesize once.
         n_seeds = {n: int(n / (1 - s.filter_frac) + 0.5) for n in s.synthetic_sizes}
-        pool = generate_chunk(G, interp, list(range(draw * 10**6, draw * 10**6 + max(n_seeds.values()))))
-        add("synthetic_label_agreement", mean_iou(np.stack([x.labels for x in pool]),
-                                                  predict(ceiling, np.stack([x.image for x in pool])), n_cls), diagnostics)
+        seeds = list(range(draw * 10**6, draw * 10**6 + max(n_seeds.values())))
+        pool = pipe.synthesize(seeds, segmenter=served)
+        pool_img = np.stack([x.image for x in pool])
+        truth = predict(ceiling, pool_img)
+        add("pushed_label_agreement", np.stack([x.labels for x in pool]), truth, diagnostics)
+        n_agree = min(len(pool), 1000)
+        add("interpreter_label_agreement", pipe.label(interp, pipe.seed_latents(seeds[:n_agree]))[1].labels,
+            truth[:n_agree], diagnostics)
         for n_syn in s.synthetic_sizes:
             samples = keep_most_certain(pool[:n_seeds[n_syn]], s.filter_frac)[:n_syn]
-            syn_img = np.stack([x.image for x in samples])
-            syn_lab = np.stack([x.labels for x in samples])
-            model = train_segmenter(syn_img, syn_lab, n_cls, steps=s.unet_steps, seed=draw).model
-            add(f"unet_synthetic_{n_syn}", mean_iou(predict(model, test_img), test_lab, n_cls))
-            add(f"unet_synthetic_{n_syn}_shifted", mean_iou(predict(model, sh_img), sh_lab, n_cls))
+            model = train_segmenter(np.stack([x.image for x in samples]), np.stack([x.labels for x in samples]),
+                                    n_cls, steps=s.unet_steps, seed=draw).model
+            add(f"unet_synthetic_{n_syn}", predict(model, test_img), test_lab)
+            add(f"unet_synthetic_{n_syn}_shifted", predict(model, sh_img), sh_lab)
         if on_partial is not None:
             on_partial(report(False))
     return report(True)
 
 
+_RECIPE_TEXT = ("U-Net base 16, 4 levels; AdamW one-cycle lr 2e-3, batch 16; cross-entropy with 1/sqrt(frequency) "
+                "class weights; flips, shifts up to 4 px, brightness/contrast/saturation jitter 0.2; flip "
+                "test-time augmentation")
+
+
 def to_markdown(report: dict) -> str:
-    rows = ["| method | mIoU % (mean ± std) | runs |", "|---|---|---|"]
+    classes = report.get("classes") or []
+    head = "| method | mIoU % (mean ± std) | vs few-shot U-Net | runs | " + " | ".join(classes) + " |"
+    rows = [head, "|" + "---|" * (4 + len(classes))]
     for name, m in [*report["methods"].items(), *report.get("diagnostics", {}).items()]:
         kind = "" if name in report["methods"] else " (diagnostic)"
-        rows.append(f"| {name}{kind} | {m['miou_mean']:.2f} ± {m['miou_std']:.2f} | {len(m['runs'])} |")
-    return "\n".join(rows) + "\n"
+        diff = m.get("diff_vs_few_shot_mean")
+        diff_s = "" if diff is None else f"{diff:+.2f} ± {m['diff_vs_few_shot_std']:.2f}"
+        pc = m.get("per_class", {})
+        cells = " | ".join("–" if pc.get(c) is None else f"{pc[c]:.0f}" for c in classes)
+        rows.append(f"| {name}{kind} | {m['miou_mean']:.2f} ± {m['miou_std']:.2f} | {diff_s} | {len(m['runs'])} | {cells} |")
+    recipe = report.get("unet_recipe")
+    return "\n".join(rows) + "\n" + (f"\nEvery U-Net: {recipe}.\n" if recipe else "")
 
 
 def write(report: dict, out_dir: str | Path) -> tuple[Path, Path]:

@@ -1,8 +1,9 @@
 """A compact U-Net for semantic segmentation, trained on labeled images (real or synthetic).
 
-Used as the downstream segmenter of DatasetGAN, as the fast pre-annotator, and as the feature
-extractor of the GAN quality figure (Fréchet distance of its features, since no Inception weights
-exist offline).
+Used as the downstream segmenter of DatasetGAN (trained on real and synthesized labeled images, it
+serves a project's pre-annotations once ready), as every U-Net baseline of the quality table (one
+recipe for all), and as the feature extractor of the GAN quality figure (Fréchet distance of its
+features, since no Inception weights exist offline).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -81,30 +84,124 @@ class SegTrainResult:
     final_loss: float
 
 
-def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, steps: int = 1000, batch: int = 16,
-                    lr: float = 2e-3, base: int = 16, seed: int = 0, progress: bool = False,
-                    desc: str = "unet") -> SegTrainResult:
-    """Train a U-Net with cross-entropy, AdamW and a cosine schedule; random flips as augmentation.
+IGNORE = 255   # label value of pixels that carry no training signal (e.g. doubtful pseudo-labels)
 
-    images: uint8 [N, H, W, 3]; labels: uint8/int [N, H, W] in [0, n_classes)."""
+
+def class_weights(labels: torch.Tensor, n_classes: int, mode: str = "sqrt") -> torch.Tensor | None:
+    """Per-class loss weights float32 [C] from label maps (``IGNORE`` pixels skipped).
+
+    ``"sqrt"``: 1/√frequency, normalised so the pixel-averaged weight is 1 — small parts (a nose is 0.14 %
+    of pixels) are learned without swamping the large ones; ``"none"``: plain cross-entropy (None)."""
+    if mode == "none":
+        return None
+    if mode != "sqrt":
+        raise ValueError(f"class weighting must be 'sqrt' or 'none', got {mode!r}")
+    valid = labels[labels != IGNORE].long()
+    freq = torch.bincount(valid, minlength=n_classes)[:n_classes].double()
+    freq = freq / freq.sum().clamp_min(1)
+    w = torch.where(freq > 0, freq.clamp_min(1e-6).rsqrt(), torch.zeros_like(freq))
+    w = w / (w * freq).sum().clamp_min(1e-12)
+    # A class absent from the training labels gets the largest weight seen (it may appear in pseudo-labels).
+    return torch.where(freq > 0, w, w.max()).float()
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, shift_px: int = 4,
+            jitter: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Label-preserving augmentation of a batch: random horizontal flip, a shift of up to ``shift_px``
+    pixels (edge-replicated), per-image brightness / contrast / saturation jitter of strength ``jitter``.
+
+    x float32 [B, 3, H, W] in [-1, 1]; y int64 [B, H, W] → the same shapes."""
+    b, _, h, w = x.shape
+    flip = torch.rand(b, generator=g) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    y = torch.where(flip[:, None, None], y.flip(2), y)
+    if shift_px > 0:
+        p = shift_px
+        xp = F.pad(x, (p, p, p, p), mode="replicate")
+        yp = F.pad(y[:, None].float(), (p, p, p, p), mode="replicate")[:, 0].long()
+        dy, dx = torch.randint(0, 2 * p + 1, (2, b), generator=g).tolist()
+        x = torch.stack([xp[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+        y = torch.stack([yp[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    if jitter > 0:
+        r = (torch.rand(3, b, 1, 1, 1, generator=g) * 2 - 1) * jitter
+        gray = x.mean(1, keepdim=True)
+        x = gray + (x - gray) * (1 + r[2])                              # saturation
+        mean = x.mean((1, 2, 3), keepdim=True)
+        x = (mean + (x - mean) * (1 + r[1]) + r[0]).clamp(-1, 1)        # contrast, brightness
+    return x, y
+
+
+def cutmix(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix for segmentation: every image gets a random box (30–70 % of each side) pasted from another
+    image of the batch, with its labels. x float32 [B, 3, H, W]; y int64 [B, H, W] → the same shapes."""
+    b, _, h, w = x.shape
+    if b < 2:
+        return x, y
+    perm = torch.randperm(b, generator=g)
+    frac = torch.rand(2, b, generator=g) * 0.4 + 0.3
+    bh, bw = (frac[0] * h).long(), (frac[1] * w).long()
+    y0 = (torch.rand(b, generator=g) * (h - bh + 1)).long()
+    x0 = (torch.rand(b, generator=g) * (w - bw + 1)).long()
+    rows, cols = torch.arange(h), torch.arange(w)
+    box = (((rows[None] >= y0[:, None]) & (rows[None] < (y0 + bh)[:, None]))[:, :, None]
+           & ((cols[None] >= x0[:, None]) & (cols[None] < (x0 + bw)[:, None]))[:, None, :])     # [B, H, W]
+    return torch.where(box[:, None], x[perm], x), torch.where(box, y[perm], y)
+
+
+def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, steps: int = 1500, batch: int = 16,
+                    lr: float = 2e-3, base: int = 16, seed: int = 0, progress: bool = False,
+                    desc: str = "unet", class_weighting: str = "sqrt", shift_px: int = 4, jitter: float = 0.2,
+                    extra_images: np.ndarray | None = None, extra_labels: np.ndarray | None = None,
+                    real_fraction: float = 0.5, init: UNet | None = None,
+                    extra_cutmix: bool = False) -> SegTrainResult:
+    """Train a U-Net with class-weighted cross-entropy, AdamW, a one-cycle schedule and augmentation
+    (:func:`augment`). The same recipe trains every U-Net of the product and of its baselines.
+
+    images: uint8 [N, H, W, 3]; labels: uint8 [N, H, W] in [0, n_classes) or ``IGNORE``.
+    extra_images / extra_labels (optional, e.g. synthetic images with pseudo-labels): a second set;
+    each batch then draws ``real_fraction`` of its images from the first set and the rest from it.
+    init: start from this model's weights (same architecture) instead of a random initialisation.
+    extra_cutmix: mix the second set's images in pairs (:func:`cutmix`), a strong augmentation that
+    keeps a student from merely copying its teacher's pseudo-labels."""
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need the same non-zero number of images and labels, got {len(images)} and {len(labels)}")
-    if int(labels.max()) >= n_classes:
-        raise ValueError(f"label value {int(labels.max())} is outside the {n_classes} classes")
+    for name, lab in (("labels", labels), ("extra_labels", extra_labels)):
+        if lab is not None and len(lab) and int(lab[lab != IGNORE].max(initial=0)) >= n_classes:
+            raise ValueError(f"{name} hold value {int(lab[lab != IGNORE].max())}, outside the {n_classes} classes")
+    if (extra_images is None) != (extra_labels is None) or (extra_images is not None and len(extra_images) != len(extra_labels)):
+        raise ValueError("extra_images and extra_labels go together, with one label map per image")
+    if not 0 < real_fraction <= 1:
+        raise ValueError(f"real_fraction must be in (0, 1], got {real_fraction}")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = UNet(UNetConfig(n_classes=n_classes, base=base)).train()
+    model = UNet(UNetConfig(n_classes=n_classes, base=base) if init is None else init.cfg)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1 if steps >= 20 else 0.5)
     x_all, y_all = to_input(images), torch.from_numpy(labels.astype(np.int64))
+    has_extra = extra_images is not None and len(extra_images) > 0
+    if has_extra:
+        x_ex, y_ex = to_input(extra_images), torch.from_numpy(extra_labels.astype(np.int64))
+        n_real = max(1, round(batch * real_fraction)) if real_fraction < 1 else batch
+        weight = class_weights(torch.cat([y_all.flatten(), y_ex.flatten()]), n_classes, class_weighting)
+    else:
+        n_real = batch
+        weight = class_weights(y_all, n_classes, class_weighting)
     t0 = time.time()
     loss_val = float("nan")
     for _ in tqdm(range(steps), disable=not progress, desc=desc, unit="step"):
-        idx = torch.randint(0, len(x_all), (batch,), generator=g)
+        idx = torch.randint(0, len(x_all), (n_real,), generator=g)
         x, y = x_all[idx], y_all[idx]
-        if torch.rand([], generator=g) < 0.5:
-            x, y = x.flip(3), y.flip(2)
-        loss = F.cross_entropy(model(x), y)
+        if has_extra and n_real < batch:
+            jdx = torch.randint(0, len(x_ex), (batch - n_real,), generator=g)
+            xe, ye = x_ex[jdx], y_ex[jdx]
+            if extra_cutmix:
+                xe, ye = cutmix(xe, ye, g)
+            x, y = torch.cat([x, xe]), torch.cat([y, ye])
+        x, y = augment(x, y, g, shift_px, jitter)
+        loss = F.cross_entropy(model(x), y, weight=weight, ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -114,11 +211,34 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, step
 
 
 @torch.no_grad()
-def predict(model: UNet, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """uint8 images [N, H, W, 3] → predicted class map uint8 [N, H, W]."""
+def predict_probs(model: UNet, images: np.ndarray, batch: int = 64, flip_tta: bool = True) -> np.ndarray:
+    """uint8 images [N, H, W, 3] → class probabilities float32 [N, C, H, W] (averaged with the mirrored
+    image's when ``flip_tta``)."""
     model.eval()
-    out = [model(to_input(images[i:i + batch])).argmax(1).to(torch.uint8) for i in range(0, len(images), batch)]
+    out = []
+    for i in range(0, len(images), batch):
+        x = to_input(images[i:i + batch])
+        p = model(x).softmax(1)
+        if flip_tta:
+            p = (p + model(x.flip(3)).softmax(1).flip(3)) / 2
+        out.append(p)
     return torch.cat(out).numpy()
+
+
+@torch.no_grad()
+def predict(model: UNet, images: np.ndarray, batch: int = 64, flip_tta: bool = True) -> np.ndarray:
+    """uint8 images [N, H, W, 3] → predicted class map uint8 [N, H, W]."""
+    return np.concatenate([predict_probs(model, images[i:i + batch], batch, flip_tta).argmax(1).astype(np.uint8)
+                           for i in range(0, len(images), batch)])
+
+
+def pseudo_labels(probs: np.ndarray, min_confidence: float = 0.0) -> np.ndarray:
+    """Probabilities float32 [N, C, H, W] → label maps uint8 [N, H, W]; pixels whose top probability is
+    below ``min_confidence`` become ``IGNORE``."""
+    labels = probs.argmax(1).astype(np.uint8)
+    if min_confidence > 0:
+        labels[probs.max(1) < min_confidence] = IGNORE
+    return labels
 
 
 @torch.no_grad()
@@ -128,18 +248,59 @@ def embed(model: UNet, images: np.ndarray, batch: int = 128) -> np.ndarray:
     return torch.cat([model.embed(to_input(images[i:i + batch])) for i in range(0, len(images), batch)]).double().numpy()
 
 
+@dataclass
+class SegPrediction:
+    """Segmenter output for N images of H×W pixels (same fields as the interpreter's ``Prediction``)."""
+
+    labels: np.ndarray          # uint8 [N, H, W] argmax of the flip-averaged probabilities
+    probs: np.ndarray           # float32 [N, C, H, W]
+    uncertainty: np.ndarray     # float32 [N, H, W] entropy of probs, in [0, log C]
+    score: np.ndarray           # float32 [N] mean of the top-10 % pixel entropies (higher = less certain)
+
+
+class Segmenter:
+    """A trained U-Net plus what it belongs to: the class names and the generator whose project fitted it."""
+
+    def __init__(self, model: UNet, class_names: list[str], generator_id: str | None = None,
+                 meta: dict | None = None) -> None:
+        if model.cfg.n_classes != len(class_names):
+            raise ValueError(f"{len(class_names)} class names for a U-Net of {model.cfg.n_classes} classes")
+        self.model, self.class_names = model.eval(), list(class_names)
+        self.generator_id, self.meta = generator_id, meta or {}
+
+    @torch.no_grad()
+    def label(self, images: np.ndarray, batch: int = 64) -> SegPrediction:
+        """uint8 images [N, H, W, 3] (H, W divisible by 16) → :class:`SegPrediction`."""
+        probs = predict_probs(self.model, images, batch)
+        p = torch.from_numpy(probs)
+        ent = -(p * p.clamp_min(1e-12).log()).sum(1)                                 # [N, H, W]
+        flat = ent.reshape(len(images), -1)
+        top = max(1, int(round(0.1 * flat.shape[1])))
+        return SegPrediction(probs.argmax(1).astype(np.uint8), probs, ent.numpy(),
+                             flat.topk(top, dim=1).values.mean(1).numpy())
+
+    def save(self, path: str | Path) -> Path:
+        """Write config, class names, generator id, weights and ``meta`` atomically."""
+        return save_checkpoint(path, "unet", {"config": self.model.cfg.to_dict(), "state_dict": self.model.state_dict(),
+                                              "class_names": self.class_names, "generator_id": self.generator_id,
+                                              "meta": self.meta})
+
+    @classmethod
+    def load(cls, path: str | Path, generator_id: str | None = None) -> "Segmenter":
+        data = load_checkpoint(path, "unet", generator_id)
+        model = UNet(UNetConfig(**data["config"]))
+        model.load_state_dict(data["state_dict"])
+        names = data.get("class_names") or data.get("meta", {}).get("classes") or \
+            [f"class{i}" for i in range(model.cfg.n_classes)]
+        return cls(model, names, data.get("generator_id"), data.get("meta"))
+
+
 def save_segmenter(model: UNet, path: str | Path, meta: dict | None = None) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "dgan-unet", "config": model.cfg.to_dict(), "state_dict": model.state_dict(),
-                "meta": meta or {}}, path)
-    return path
+    """Write a bare U-Net (class names from ``meta["classes"]`` when given) atomically."""
+    names = (meta or {}).get("classes") or [f"class{i}" for i in range(model.cfg.n_classes)]
+    return Segmenter(model, names, meta=meta).save(path)
 
 
 def load_segmenter(path: str | Path) -> UNet:
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != "dgan-unet":
-        raise ValueError(f"{path} is not a segmenter checkpoint written by dgan (format 'dgan-unet')")
-    model = UNet(UNetConfig(**data["config"]))
-    model.load_state_dict(data["state_dict"])
-    return model.eval()
+    """The bare U-Net of a checkpoint written by :func:`save_segmenter` or :meth:`Segmenter.save`."""
+    return Segmenter.load(path).model

@@ -5,11 +5,14 @@ leaves the chunk "importing" (so a resume reconciles against the project), big i
 from types import SimpleNamespace
 
 import numpy as np
+import math
+
 import pytest
 import redis
 
 from ls_backend.brush import LabelMap
 from ls_backend.client import LabelStudioError
+from model.pipeline import certainty
 from ls_backend.push import Pusher, PushRun
 from ls_backend.redis_keys import RedisKeys
 from model.synthesis import Sample
@@ -50,15 +53,16 @@ def _run() -> PushRun:
 def test_chunk_is_imported_in_pipelined_batches_in_seed_order(conn):
     client = RecordingImports()
     pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn, keys=KEYS)
-    interp = SimpleNamespace(class_names=LABELS.class_names)
-    assert pusher.import_samples(_run(), 0, _samples(300), interp, LABELS) == 300
+    assert pusher.import_samples(_run(), 0, _samples(300), LABELS) == 300
     assert [len(r) for r in client.requests] == [125, 125, 50]
     seeds = [t["data"]["dgan_seed"] for r in client.requests for t in r]
     assert seeds == list(range(1000, 1300))
     task = client.requests[0][0]
     assert task["data"]["image"].startswith("data:image/png;base64,")
     assert {r["value"]["brushlabels"][0] for r in task["predictions"][0]["result"]} <= {"a", "b"}
-    assert 0 <= task["predictions"][0]["score"] <= 1
+    first = _samples(1)[0]    # the score shown to reviewers is the certainty of the sample's uncertainty
+    assert task["predictions"][0]["score"] == round(certainty(first.uncertainty, len(LABELS.class_names)), 4)
+    assert task["predictions"][0]["score"] == round(1 - first.uncertainty / math.log(3), 4)
     assert conn.get(KEYS.push_chunk("r1", 0)) == b"done"
 
 
@@ -66,7 +70,7 @@ def test_a_failed_request_leaves_the_chunk_importing(conn):
     client = RecordingImports(fail_on=1)
     pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn, keys=KEYS)
     with pytest.raises(LabelStudioError, match="500"):
-        pusher.import_samples(_run(), 0, _samples(300), SimpleNamespace(class_names=LABELS.class_names), LABELS)
+        pusher.import_samples(_run(), 0, _samples(300), LABELS)
     assert len(client.requests) == 1
     assert conn.get(KEYS.push_chunk("r1", 0)) == b"importing"
 

@@ -1,20 +1,39 @@
-from model.quality_table import QualitySettings, run_quality, to_markdown
+import json
+
+import numpy as np
+
+from model.domain import CLASSES
+from model.pipeline import Pipeline
+from model.quality_table import QualitySettings, run_quality, to_markdown, write
 
 from .conftest import tiny_generator
 
 
-def test_quality_table_runs_end_to_end_on_a_tiny_generator():
-    G = tiny_generator()
-    s = QualitySettings(draws=2, n_test=6, synthetic_sizes=(8,), n_ceiling=8, unet_steps=3, inversion_steps=2,
-                        members=2, n_labeled=4)
-    report = run_quality(G, None, s, log=lambda m: None)
+def test_quality_table_reports_per_class_and_differences_to_the_few_shot_unet(tmp_path):
+    pipe = Pipeline(tiny_generator(), None, inversion_steps=2)
+    s = QualitySettings(draws=2, n_test=6, synthetic_sizes=(8,), n_ceiling=8, unet_steps=3, ceiling_steps=3,
+                        inversion_steps=2, members=2, n_labeled=4, pool=6)
+    partial = []
+    report = run_quality(pipe, s, log=lambda m: None, on_partial=partial.append)
     methods = report["methods"]
-    for name in ("unet_4_real", "interpreter_inversion", "interpreter_inversion_shifted", "unet_synthetic_8",
-                 "unet_synthetic_8_shifted", "unet_8_real", "unet_8_real_shifted"):
-        assert 0 <= methods[name]["miou_mean"] <= 100, name
-    assert len(methods["unet_4_real"]["runs"]) == 2 and len(methods["unet_8_real"]["runs"]) == 1
-    diagnostics = report["diagnostics"]
-    for name in ("interpreter_generated_4", "interpreter_generated_4_shifted", "synthetic_label_agreement"):
-        assert len(diagnostics[name]["runs"]) == 2 and 0 <= diagnostics[name]["miou_mean"] <= 100, name
-    assert "| interpreter_inversion |" in to_markdown(report)
-    assert "| synthetic_label_agreement (diagnostic) |" in to_markdown(report)
+    assert report["complete"] and len(partial) == 3          # after the ceiling and after each draw
+    for name in ("unet_4_real", "served_pre_annotator", "served_pre_annotator_shifted", "interpreter_inversion",
+                 "interpreter_inversion_shifted", "unet_synthetic_8", "unet_synthetic_8_shifted", "unet_8_real"):
+        m = methods[name]
+        assert len(m["runs"]) == 2, name
+        assert list(m["per_class"]) == list(CLASSES), name
+        present = [v for v in m["per_class"].values() if v is not None]
+        # mIoU is the mean over the classes present in each run: the per-class means bracket it.
+        assert min(present) - 1e-6 <= m["miou_mean"] <= max(present) + 1e-6, name
+    # The baseline has no difference to itself; every other row states it, and it is consistent with the runs.
+    assert "diff_vs_few_shot_mean" not in methods["unet_4_real"]
+    served = methods["served_pre_annotator"]
+    expected = np.mean(np.array(served["runs"]) - np.array(methods["unet_4_real"]["runs"]))
+    assert abs(served["diff_vs_few_shot_mean"] - expected) < 0.02
+    for name in ("pushed_label_agreement", "interpreter_label_agreement"):
+        assert len(report["diagnostics"][name]["runs"]) == 2, name
+    md = to_markdown(report)
+    assert "| served_pre_annotator |" in md and md.splitlines()[0].endswith("| mouth | torso |")
+    assert "| pushed_label_agreement (diagnostic) |" in md
+    js, _ = write(report, tmp_path)
+    assert json.loads(js.read_text())["methods"]["served_pre_annotator"]["runs"] == served["runs"]

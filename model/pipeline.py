@@ -1,0 +1,255 @@
+"""The DatasetGAN pipeline as one object: a generator and what is fitted to it.
+
+:class:`Pipeline` holds a StyleGAN2 generator, its inversion encoder and feature extractor, and exposes
+the verbs the product uses — every caller (the Label Studio backend, push, the quality table, the CLI,
+the scripts) goes through it instead of wiring the pieces by hand:
+
+- ``invert``            real images → W+ latents (encoder start + optimisation);
+- ``seed_latents``      synthesis seeds → exact W+ latents;
+- ``fit``               (latents, masks) → an :class:`~model.interpreter.Interpreter` (dimensions derived);
+- ``label``             latents → images + interpreter labels, uncertainty;
+- ``cross_validate``    k-fold mIoU and per-class IoU of the interpreter on the labeled images;
+- ``train_segmenter``   labeled real images (+ a synthesized pool labeled by a teacher) → a
+                        :class:`~model.segmenter.Segmenter` that pre-annotates images directly;
+- ``synthesize``        seeds → labeled samples (by the interpreter, or by a segmenter when given);
+- ``certainty``         an image uncertainty score → the [0, 1] certainty shown to reviewers.
+
+Images cross this interface as uint8 [N, H, W, 3]; label maps as uint8 [N, H, W] with class ids in
+[0, C); latents as float32 [N, num_ws, w_dim].
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .features import FeatureExtractor
+from .generator.checkpoints import generator_id
+from .generator.stylegan2 import Generator
+from .images import to_uint8
+from .interpreter import Interpreter, InterpreterConfig, Prediction
+from .inversion import LatentEncoder, images_to_tensor, invert
+from .labeling import fit_from_latents, label_latents
+from .metrics import confusion, iou_from_confusion
+from .segmenter import IGNORE, Segmenter, pseudo_labels, train_segmenter
+from .synthesis import Sample, generate_chunk, latents_for_seeds
+
+
+@dataclass
+class SegmenterRecipe:
+    """How a project's pre-annotating U-Net is trained (``Pipeline.train_segmenter``).
+
+    A teacher U-Net is trained on the labeled real images alone; it labels ``pool`` generator samples
+    (pixels below ``min_confidence`` are ignored); the served student is trained on the real images
+    and the pseudo-labeled samples, ``real_fraction`` of every batch real. Figures behind the defaults:
+    docs/results.md ("Segmenter recipe")."""
+
+    teacher_steps: int = 800
+    student_steps: int = 800
+    pool: int = 2000
+    min_confidence: float = 0.7
+    real_fraction: float = 0.5
+    batch: int = 16
+    base: int = 16
+    lr: float = 2e-3
+    psi: float = 1.0
+    seed_offset: int = 50_000_000     # pool seeds start here (far from pushed seeds)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def quick(cls) -> "SegmenterRecipe":
+        """A seconds-long recipe for tests and smoke runs (quality far below the default's)."""
+        return cls(teacher_steps=20, student_steps=20, pool=32, batch=4, base=4)
+
+
+@dataclass
+class CrossValidation:
+    miou: float                      # mean IoU (%) over the classes present
+    per_class: dict[str, float]      # IoU (%) per class name (NaN-free: absent classes are left out)
+    folds: int
+
+    def to_dict(self) -> dict:
+        return {"miou": self.miou, "per_class": self.per_class, "folds": self.folds}
+
+
+def per_class_iou(cm: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """Confusion matrix [C, C] → {class name: IoU %} for the classes present in it."""
+    iou = iou_from_confusion(cm)
+    return {name: round(100 * float(v), 2) for name, v in zip(class_names, iou) if not math.isnan(v)}
+
+
+class Pipeline:
+    """A generator and what is fitted to it; see the module docstring for the verbs."""
+
+    def __init__(self, G: Generator, encoder: LatentEncoder | None = None, inversion_steps: int = 30) -> None:
+        self.G = G.eval().requires_grad_(False)
+        self.encoder = encoder
+        self.inversion_steps = inversion_steps
+
+    @classmethod
+    def load(cls, generator: str | None = None, encoder: str | None = None, inversion_steps: int = 30) -> "Pipeline":
+        """The shipped default generator and encoder, or the given checkpoints (an encoder is looked for
+        beside the generator when none is given)."""
+        from .generator.default import load_default_or, load_encoder_for
+
+        G = load_default_or(generator)
+        return cls(G, load_encoder_for(G, encoder), inversion_steps)
+
+    @property
+    def resolution(self) -> int:
+        return self.G.cfg.resolution
+
+    @cached_property
+    def generator_id(self) -> str:
+        return generator_id(self.G)
+
+    @cached_property
+    def features(self) -> FeatureExtractor:
+        return FeatureExtractor(self.G)
+
+    # -- images at the generator's resolution -----------------------------------------------------
+    def to_resolution(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] (or one [H, W, 3]) → the same at the generator's R×R (bilinear)."""
+        return _resize(images, self.resolution, Image.BILINEAR)
+
+    def masks_to_resolution(self, masks: np.ndarray) -> np.ndarray:
+        """uint8 label maps [N, H, W] (or one [H, W]) → R×R (nearest: class ids stay class ids)."""
+        return _resize(masks, self.resolution, Image.NEAREST)
+
+    @staticmethod
+    def masks_to_size(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+        """uint8 label map [H', W'] → [height, width] (nearest)."""
+        if masks.shape[:2] == (height, width):
+            return masks
+        return np.asarray(Image.fromarray(masks).resize((width, height), Image.NEAREST))
+
+    # -- latents ------------------------------------------------------------------------------------
+    def invert(self, images: np.ndarray, steps: int | None = None, batch: int = 50) -> tuple[torch.Tensor, np.ndarray]:
+        """uint8 images [N, H, W, 3] (any size; resized to R) → (W+ float32 [N, num_ws, w_dim],
+        reconstruction PSNR float32 [N] in dB)."""
+        steps = self.inversion_steps if steps is None else steps
+        x = self.to_resolution(np.asarray(images))
+        ws, psnr = [], []
+        for i in range(0, len(x), batch):
+            res = invert(self.G, images_to_tensor(x[i:i + batch]), encoder=self.encoder, steps=steps)
+            ws.append(res.ws)
+            psnr.append(np.asarray(res.psnr_db, np.float32))
+        return torch.cat(ws), np.concatenate(psnr)
+
+    def seed_latents(self, seeds: list[int], psi: float = 1.0) -> torch.Tensor:
+        """W+ latents float32 [len(seeds), num_ws, w_dim]; seed s always gives the same latent."""
+        return latents_for_seeds(self.G, seeds, psi)
+
+    @torch.no_grad()
+    def sample_images(self, seeds: list[int], psi: float = 1.0, batch: int = 64) -> np.ndarray:
+        """Generator samples of the seeds: uint8 [len(seeds), R, R, 3]."""
+        out = [to_uint8(self.G.synthesis(self.seed_latents(seeds[i:i + batch], psi), noise_mode="const"))
+               for i in range(0, len(seeds), batch)]
+        return np.concatenate(out) if out else np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
+
+    # -- the interpreter ------------------------------------------------------------------------------
+    def fit(self, ws: torch.Tensor, masks: np.ndarray, class_names: list[str], members: int = 10,
+            epochs: float | None = None, seed: int = 0) -> Interpreter:
+        """Fit DatasetGAN's interpreter on latents [N, num_ws, w_dim] and masks uint8 [N, R, R]."""
+        cfg = InterpreterConfig(in_dim=self.features.dim, n_classes=len(class_names), members=members)
+        if epochs is not None:
+            cfg = replace(cfg, epochs=epochs)
+        return fit_from_latents(self.G, ws, masks, class_names, cfg, seed=seed)
+
+    def label(self, interp: Interpreter, ws: torch.Tensor) -> tuple[np.ndarray, Prediction]:
+        """Latents [N, num_ws, w_dim] → (images uint8 [N, R, R, 3], interpreter :class:`Prediction`)."""
+        images, pred = label_latents(self.G, interp, ws)
+        return to_uint8(images), pred
+
+    def cross_validate(self, ws: torch.Tensor, masks: np.ndarray, class_names: list[str],
+                       folds: int = 4) -> CrossValidation:
+        """k-fold IoU of a lighter interpreter (3 members, half the training) on the labeled images
+        themselves: a quick, slightly pessimistic estimate of the fitted interpreter's quality."""
+        n, n_cls = len(ws), len(class_names)
+        folds = min(folds, n)
+        cm = np.zeros((n_cls, n_cls), np.int64)
+        order = np.arange(n)
+        for k in range(folds):
+            test = order[k::folds]
+            train = np.setdiff1d(order, test)
+            interp = self.fit(ws[train], masks[train], class_names, members=3, epochs=6, seed=k)
+            cm += confusion(self.label(interp, ws[test])[1].labels, masks[test], n_cls)
+        per_class = per_class_iou(cm, class_names)
+        return CrossValidation(round(float(np.mean(list(per_class.values()))), 2), per_class, folds)
+
+    # -- the segmenter that pre-annotates -----------------------------------------------------------
+    def train_segmenter(self, images: np.ndarray, masks: np.ndarray, class_names: list[str],
+                        recipe: SegmenterRecipe | None = None, seed: int = 0, teacher: Segmenter | None = None,
+                        log: Callable[[str], None] = lambda _m: None) -> Segmenter:
+        """Labeled real images uint8 [N, R, R, 3] and masks uint8 [N, R, R] → a :class:`Segmenter`.
+
+        Teacher on the real images → pseudo-labels for ``recipe.pool`` generator samples → student on
+        both (see :class:`SegmenterRecipe`). ``teacher``: one already trained on these images with this
+        recipe (skips that step). ``meta`` records timings and how much of the pool was used."""
+        r = recipe or SegmenterRecipe()
+        n_cls = len(class_names)
+        t0 = time.time()
+        meta: dict = {"n_real": int(len(images)), "recipe": dict(r.__dict__)}
+        if teacher is None:
+            trained = train_segmenter(images, masks, n_cls, steps=r.teacher_steps, batch=r.batch, base=r.base, lr=r.lr,
+                                      seed=seed)
+            teacher = Segmenter(trained.model, class_names, self.generator_id)
+            meta["teacher_seconds"] = round(trained.seconds, 1)
+            log(f"teacher trained in {trained.seconds:.0f} s")
+        model = teacher.model
+        if r.pool > 0:
+            seeds = list(range(r.seed_offset + seed * r.pool, r.seed_offset + (seed + 1) * r.pool))
+            pool = self.sample_images(seeds, r.psi)
+            labels = pseudo_labels(teacher.label(pool).probs, r.min_confidence)
+            meta["pool_ignored_frac"] = round(float((labels == IGNORE).mean()), 4)
+            student = train_segmenter(images, masks, n_cls, steps=r.student_steps, batch=r.batch, base=r.base, lr=r.lr,
+                                      seed=seed, extra_images=pool, extra_labels=labels, real_fraction=r.real_fraction)
+            log(f"student trained in {student.seconds:.0f} s on {len(images)} real + {len(pool)} synthetic")
+            meta["student_seconds"] = round(student.seconds, 1)
+            model = student.model
+        meta["seconds"] = round(time.time() - t0, 1)
+        return Segmenter(model, class_names, self.generator_id, meta)
+
+    # -- synthesis -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def synthesize(self, seeds: list[int], interp: Interpreter | None = None, psi: float = 1.0,
+                   segmenter: Segmenter | None = None, batch: int = 32) -> list[Sample]:
+        """Image, labels and uncertainty for every seed (nothing filtered). Labels come from the segmenter
+        when given (it labels generated images better than the interpreter and costs a fraction of its
+        FLOPs; docs/results.md), else from the interpreter."""
+        if segmenter is None:
+            if interp is None:
+                raise ValueError("synthesize needs an interpreter or a segmenter to label the samples")
+            return generate_chunk(self.G, interp, seeds, psi, fx=self.features)
+        out: list[Sample] = []
+        for i in range(0, len(seeds), batch):
+            part = seeds[i:i + batch]
+            ws = self.seed_latents(part, psi)
+            images = to_uint8(self.G.synthesis(ws, noise_mode="const"))
+            pred = segmenter.label(images)
+            out += [Sample(int(s), ws[j].numpy(), images[j], pred.labels[j], float(pred.score[j]))
+                    for j, s in enumerate(part)]
+        return out
+
+    certainty = staticmethod(lambda score, n_classes: certainty(score, n_classes))
+
+
+def certainty(score: float, n_classes: int) -> float:
+    """Image uncertainty score (nats; 0 … log C) → certainty in [0, 1] (1 = sure), as shown to reviewers."""
+    return float(np.clip(1.0 - score / math.log(max(n_classes, 2)), 0.0, 1.0))
+
+
+def _resize(arr: np.ndarray, size: int, resample: int) -> np.ndarray:
+    one = arr.ndim == (2 if resample == Image.NEAREST else 3)
+    batch = arr[None] if one else arr
+    if batch.shape[1:3] == (size, size):
+        return arr
+    out = np.stack([np.asarray(Image.fromarray(a).resize((size, size), resample)) for a in batch])
+    return out[0] if one else out

@@ -1,0 +1,108 @@
+"""The pipeline object on tiny seeded models: segmenter training and serving, synthesis by either label
+source, cross-validation with per-class figures, certainty, the augmentation's label preservation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError
+from model.domain import render_batch
+from model.metrics import iou_per_class
+from model.pipeline import Pipeline, SegmenterRecipe, certainty
+from model.segmenter import IGNORE, Segmenter, augment, class_weights, cutmix, pseudo_labels
+
+from .conftest import tiny_generator
+
+CLASSES = ["background", "torso", "head"]
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Pipeline:
+    return Pipeline(tiny_generator(), None, inversion_steps=2)
+
+
+def test_segmenter_learns_the_labeled_images_and_labels_generated_ones(pipe, tmp_path):
+    images, parts = render_batch(12, seed=0, size=32)
+    masks = np.where(parts == 0, 0, np.where(parts == 9, 1, 2)).astype(np.uint8)   # background, torso, head
+    recipe = SegmenterRecipe(teacher_steps=50, student_steps=20, pool=8, batch=6, base=8)
+    seg = pipe.train_segmenter(images, masks, CLASSES, recipe, seed=0)
+    pred = seg.label(images)
+    iou = iou_per_class(pred.labels, masks, 3)
+    assert iou.min() > 0.5, iou                         # all three regions learned
+    assert seg.meta["n_real"] == 12 and 0 <= seg.meta["pool_ignored_frac"] <= 1
+    # Uncertainty: entropy of the probabilities, in [0, log C]; the image score is the mean of its top 10 %.
+    ent = -(pred.probs * np.log(np.clip(pred.probs, 1e-12, None))).sum(1)
+    assert np.allclose(pred.uncertainty, ent, atol=1e-5)
+    top = np.sort(ent.reshape(12, -1), axis=1)[:, -round(0.1 * 32 * 32):].mean(1)
+    assert np.allclose(pred.score, top, atol=1e-5)
+    # Round trip, and identity: a segmenter of another generator is refused.
+    path = seg.save(tmp_path / "seg.pt")
+    again = Segmenter.load(path, generator_id=pipe.generator_id)
+    assert again.class_names == CLASSES and np.array_equal(again.label(images).labels, pred.labels)
+    with pytest.raises(CheckpointError, match="another generator|generator"):
+        Segmenter.load(path, generator_id="0123456789abcdef")
+    # Synthesis labelled by the segmenter: the same labels as labelling the same generated images directly.
+    samples = pipe.synthesize([5, 6, 7], segmenter=seg)
+    direct = seg.label(pipe.sample_images([5, 6, 7]))
+    assert [s.seed for s in samples] == [5, 6, 7]
+    assert np.array_equal(np.stack([s.labels for s in samples]), direct.labels)
+    assert np.allclose([s.uncertainty for s in samples], direct.score)
+
+
+def test_synthesis_needs_a_label_source(pipe):
+    with pytest.raises(ValueError, match="interpreter or a segmenter"):
+        pipe.synthesize([1, 2])
+
+
+def test_cross_validation_reports_every_class_it_saw(pipe):
+    ws = pipe.seed_latents(list(range(8)))
+    masks = np.zeros((8, 32, 32), np.uint8)
+    masks[:, 8:24, 8:24] = 1
+    masks[:, 12:16, 12:16] = 2
+    cv = pipe.cross_validate(ws, masks, ["background", "square", "dot"], folds=4)
+    assert set(cv.per_class) == {"background", "square", "dot"} and cv.folds == 4
+    assert cv.miou == pytest.approx(np.mean(list(cv.per_class.values())), abs=0.01)
+    assert cv.per_class["background"] > 50        # a fixed layout is learned across folds
+
+
+def test_certainty_is_one_minus_normalised_uncertainty():
+    assert certainty(0.0, 10) == 1.0
+    assert certainty(math.log(10) / 4, 10) == pytest.approx(0.75)
+    assert certainty(5.0, 10) == 0.0                # clipped: more than log C is no certainty at all
+    assert Pipeline.certainty(math.log(3) / 2, 3) == pytest.approx(0.5)
+
+
+def test_augmentation_moves_image_and_labels_together():
+    g = torch.Generator().manual_seed(0)
+    y = torch.zeros(6, 16, 16, dtype=torch.long)
+    y[:, 4:8, 2:6] = 1
+    x = torch.where(y[:, None] == 1, 1.0, -1.0).expand(6, 3, 16, 16).clone()
+    xa, ya = augment(x, y, g, shift_px=3, jitter=0.0)
+    assert torch.equal(xa[:, 0] > 0, ya == 1)           # flips and shifts applied to both alike
+    assert not torch.equal(ya, y)                         # something moved
+    xc, yc = cutmix(xa, ya, g)
+    assert torch.equal(xc[:, 0] > 0, yc == 1)
+    xj, _ = augment(x, y, g, shift_px=0, jitter=0.5)
+    assert xj.min() >= -1 and xj.max() <= 1 and not torch.allclose(xj, x)
+
+
+def test_class_weights_favour_rare_classes_and_ignore_marked_pixels():
+    y = torch.zeros(1, 10, 10, dtype=torch.long)
+    y[0, 0, :4] = 1                                        # 4 % of the pixels
+    y[0, 9, :] = IGNORE
+    w = class_weights(y, 3)
+    freq = torch.tensor([86 / 90, 4 / 90, 0.0])
+    assert w[1] / w[0] == pytest.approx(math.sqrt(86 / 4), rel=1e-4)
+    assert float((w[:2] * freq[:2]).sum()) == pytest.approx(1.0, rel=1e-4)
+    assert w[2] == w.max()                                 # an unseen class is not silenced
+    assert class_weights(y, 3, "none") is None
+
+
+def test_pseudo_labels_ignore_doubtful_pixels():
+    probs = np.zeros((1, 2, 1, 2), np.float32)
+    probs[0, :, 0, 0] = [0.9, 0.1]
+    probs[0, :, 0, 1] = [0.4, 0.6]
+    assert pseudo_labels(probs, 0.7).tolist() == [[[0, IGNORE]]]
+    assert pseudo_labels(probs).tolist() == [[[0, 1]]]
