@@ -14,7 +14,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from pathlib import Path
 
 from flask import Flask, Response, jsonify, request
 from redis.exceptions import RedisError
@@ -270,12 +269,16 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
 
     @app.get("/versions")
     def versions():
+        """Every model version this backend can answer with: interpreters dgan-vN, segmenters dgan-vN-segmenter."""
+        from .backend import segmenter_version_name
+
         store = get_backend().store
-        names = []
-        root = Path(settings.model_dir) / "projects"
-        for d in sorted(root.glob("*")) if root.is_dir() else []:
-            if d.name.isdigit():
-                names += [model_version_name(v) for v in store.versions(int(d.name))]
-        return jsonify({"versions": sorted(set(names)) or [model_version_name(0)]})
+        names = set()
+        for project in store.projects():
+            for v in store.versions(project):
+                names.add(model_version_name(v))
+                if store.segmenter_path(project, v).exists():
+                    names.add(segmenter_version_name(v))
+        return jsonify({"versions": sorted(names) or [model_version_name(0)]})
 
     return app

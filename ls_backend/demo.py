@@ -97,7 +97,7 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
              seed: int = 0) -> dict:
     from pycocotools.coco import COCO  # noqa: F401 - fail early if the serve extra is missing
 
-    from model.metrics import mean_iou
+    from model.metrics import iou_per_class
 
     from .labelstudio import free_port, start_label_studio
 
@@ -188,7 +188,15 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
         raise RuntimeError(f"the fit failed: {last['error']} (see {logs / 'worker.log'})")
     timings["fit_s"] = round(time.time() - t_fit, 1)
     print(f"      model {last['model_version']}: trained on {last['n_images']} images, cross-validated mIoU "
-          f"{last['cv_miou']}%")
+          f"{last['cv_miou']}% (per class: {last.get('cv_per_class')})")
+    # After the fit, a worker job trains the segmenter that serves /predict (the interpreter serves until then).
+    from .store import ProjectStore
+
+    t_seg = time.time()
+    store = ProjectStore(out / "models")
+    wait_for(lambda: store.latest_segmenter(project) >= last["version"], 1200, "the segmenter after the fit", every=3)
+    timings["segmenter_s"] = round(time.time() - t_seg, 1)
+    print(f"      segmenter of {last['model_version']} ready after {timings['segmenter_s']:.0f}s more")
 
     _step(5, steps, f"pre-annotating the other {n_tasks - n_annotated} tasks (one 'Retrieve predictions' call)", t0)
     rest = task_ids[n_annotated:]
@@ -210,8 +218,12 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
 
     lm = parse_label_config(CONFIG)
     pred = np.stack([results_to_mask(got[i]["result"], lm, 64, 64) for i in rest])
-    miou = 100 * mean_iou(pred, masks[n_annotated:], len(CLASSES))
-    print(f"      pre-annotation mIoU against the exact masks: {miou:.1f}%")
+    iou = 100 * iou_per_class(pred, masks[n_annotated:], len(CLASSES))
+    miou = float(np.nanmean(iou))
+    per_class = {c: round(float(v), 1) for c, v in zip(CLASSES, iou) if not np.isnan(v)}
+    served_by = sorted({got[i].get("model_version") for i in rest})
+    print(f"      pre-annotation mIoU against the exact masks: {miou:.1f}% by {', '.join(served_by)}; per class: "
+          + ", ".join(f"{c} {v:.0f}" for c, v in per_class.items()))
 
     _step(6, steps, f"pushing {n_push} synthesized tasks for review", t0)
     t_push = time.time()
@@ -238,7 +250,9 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
     _step(8, steps, "summary", t0)
     summary = {"label_studio": ls.url, "login": {"email": ls.username, "password": ls.password},
                "project": project, "project_url": f"{ls.url}/projects/{project}/data",
-               "pre_annotation_miou": round(miou, 2), "cv_miou": last["cv_miou"], "timings": timings,
+               "pre_annotation_miou": round(miou, 2), "pre_annotation_per_class": per_class,
+               "pre_annotation_model_versions": served_by, "cv_miou": last["cv_miou"],
+               "cv_per_class": last.get("cv_per_class"), "timings": timings,
                "total_s": round(time.time() - t0, 1), "exports": exports, "backend": backend_url,
                "logs": str(logs), "stop": f"dgan demo --stop --out {out}",
                # what `dgan push|export|bench push` need to work on this demo's project from a shell

@@ -86,6 +86,11 @@ class ProjectStore:
     def version_meta(self, project: int, version: int) -> dict:
         return json.loads(self.interpreter_path(project, version).with_suffix(".json").read_text())
 
+    def projects(self) -> list[int]:
+        """Ids of the projects that have a folder here (set up or fitted)."""
+        root = self.root / "projects"
+        return sorted(int(d.name) for d in root.iterdir() if d.name.isdigit()) if root.is_dir() else []
+
     # -- what each version trains after its fit: the segmenter that pre-annotates ------------------
     def training_data_path(self, project: int, version: int) -> Path:
         """The labeled images (at the generator's resolution) and masks version N was fitted on (.npz)."""

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -138,7 +139,7 @@ def bench_inversion(generator: str | None = None, n_images: int = 32, steps: int
     from .generator.default import load_default_or, load_discriminator_for, load_encoder_for, load_interpreter_for
     from .inversion import DiscriminatorFeatureLoss, images_to_tensor, invert
     from .labeling import label_latents
-    from .metrics import mean_iou
+    from .metrics import iou_per_class
 
     G = load_default_or(generator)
     enc = load_encoder_for(G)
@@ -154,8 +155,9 @@ def bench_inversion(generator: str | None = None, n_images: int = 32, steps: int
         res = invert(G, x, encoder=enc, steps=steps, feature_loss=feature_loss)
         row = {"seconds_per_image": round(res.seconds / n_images, 3), "psnr_db": round(float(res.psnr_db.mean()), 2)}
         if interp is not None and interp.cfg.n_classes == len(CLASSES):
-            row["label_miou"] = round(100 * mean_iou(label_latents(G, interp, res.ws)[1].labels, labels,
-                                                     len(CLASSES)), 2)
+            iou = 100 * iou_per_class(label_latents(G, interp, res.ws)[1].labels, labels, len(CLASSES))
+            row["label_miou"] = round(float(np.nanmean(iou)), 2)
+            row["label_per_class"] = {c: round(float(v), 1) for c, v in zip(CLASSES, iou) if not np.isnan(v)}
         return row, res
 
     pixel, res = run()
@@ -169,7 +171,8 @@ def bench_inversion(generator: str | None = None, n_images: int = 32, steps: int
 
 
 def bench_synthesis(generator: str | None = None, interpreter: str | None = None, n: int = 64) -> dict:
-    """Labeled images/s (generator + interpreter + uncertainty) next to bare generator images/s, same run."""
+    """Labeled images/s next to bare generator images/s, same run: labeled by the segmenter (what push uses
+    once a project's segmenter is ready; ``ratio_segmenter``) and by the interpreter ensemble (``ratio``)."""
     from .features import FeatureExtractor
     from .generator.default import load_default_or, load_interpreter_for
     from .synthesis import generate_chunk, latents_for_seeds
@@ -194,7 +197,20 @@ def bench_synthesis(generator: str | None = None, interpreter: str | None = None
     g_flops = count_flops(lambda: G.synthesis(ws, noise_mode="const")) / 16
     _, maps = fx.native(ws, "const")
     i_flops = count_flops(lambda: interp.predict_native(maps, fx.resolution)) / 16
-    return {"n": n, "generator_images_per_s": round(n / t_bare, 2), "labeled_images_per_s": round(n / t_lab, 2),
+    # What `dgan push` labels with once a project's segmenter is ready: the U-Net on each generated image
+    # (flip-averaged). Its speed does not depend on its weights: an untrained one of the served shape.
+    from .pipeline import Pipeline
+    from .segmenter import Segmenter, UNet, UNetConfig
+
+    pipe = Pipeline(G)
+    seg = Segmenter(UNet(UNetConfig(n_classes=interp.cfg.n_classes)), interp.class_names, pipe.generator_id)
+    pipe.synthesize(seeds[:16], segmenter=seg)   # warm-up
+    t_seg = _best_time(lambda: pipe.synthesize(seeds, segmenter=seg), 2, warmup=0)
+    s_flops = count_flops(lambda: seg.label(pipe.sample_images(seeds[:16]))) / 16 - g_flops
+    return {"n": n, "generator_images_per_s": round(n / t_bare, 2),
+            "segmenter_labeled_images_per_s": round(n / t_seg, 2), "ratio_segmenter": round(t_bare / t_seg, 3),
+            "segmenter_gflop_per_image": round(s_flops / 1e9, 4),
+            "labeled_images_per_s": round(n / t_lab, 2),
             "ratio": round(t_bare / t_lab, 3), "members": interp.cfg.members,
             "generator_gflop_per_image": round(g_flops / 1e9, 4), "interpreter_gflop_per_image": round(i_flops / 1e9, 4),
             "ratio_bound_equal_efficiency": round(g_flops / (g_flops + i_flops), 3), "machine": machine()}

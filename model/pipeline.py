@@ -48,14 +48,15 @@ class SegmenterRecipe:
 
     A teacher U-Net is trained on the labeled real images alone; it labels ``pool`` generator samples
     (pixels below ``min_confidence`` are ignored); the served student is trained on the real images
-    and the pseudo-labeled samples, ``real_fraction`` of every batch real. Figures behind the defaults:
-    docs/results.md ("Segmenter recipe")."""
+    and the pseudo-labeled samples, ``real_fraction`` of every batch real, the samples CutMixed in pairs
+    (``cutmix``). Figures behind the defaults: docs/results.md ("Segmenter recipe")."""
 
     teacher_steps: int = 800
-    student_steps: int = 800
+    student_steps: int = 1200
     pool: int = 2000
     min_confidence: float = 0.7
     real_fraction: float = 0.5
+    cutmix: bool = True
     batch: int = 16
     base: int = 16
     lr: float = 2e-3
@@ -210,7 +211,8 @@ class Pipeline:
             labels = pseudo_labels(teacher.label(pool).probs, r.min_confidence)
             meta["pool_ignored_frac"] = round(float((labels == IGNORE).mean()), 4)
             student = train_segmenter(images, masks, n_cls, steps=r.student_steps, batch=r.batch, base=r.base, lr=r.lr,
-                                      seed=seed, extra_images=pool, extra_labels=labels, real_fraction=r.real_fraction)
+                                      seed=seed, extra_images=pool, extra_labels=labels, real_fraction=r.real_fraction,
+                                      extra_cutmix=r.cutmix)
             log(f"student trained in {student.seconds:.0f} s on {len(images)} real + {len(pool)} synthetic")
             meta["student_seconds"] = round(student.seconds, 1)
             model = student.model

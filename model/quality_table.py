@@ -62,7 +62,7 @@ class QualitySettings:
                    members=5, pool=200)
 
     def recipe(self) -> SegmenterRecipe:
-        return SegmenterRecipe(teacher_steps=self.unet_steps, student_steps=self.unet_steps, pool=self.pool)
+        return SegmenterRecipe(teacher_steps=self.unet_steps, student_steps=self.unet_steps * 3 // 2, pool=self.pool)
 
 
 def _summ(runs: list[dict], classes: list[str]) -> dict:

@@ -217,3 +217,43 @@ def test_label_studio_unreachable_is_a_clear_502(env):
     # No label_config in the body: the app asks Label Studio (http://127.0.0.1:9, nothing listens).
     r = client.post("/predict", json={"tasks": [{"id": 1, "data": {"image": "data:,x"}}], "project": "7.1"})
     assert r.status_code == 502 and "127.0.0.1:9" in r.get_json()["error"]
+
+
+def test_segmenter_trained_after_a_fit_serves_predict(env):
+    from model.segmenter import Segmenter
+    from model.synthesis import latents_for_seeds
+
+    _, backend, client, _ = env
+    G, lm = backend.generator, parse_label_config(CONFIG)
+    ws = latents_for_seeds(G, list(range(20, 28)))
+    images = to_uint8(G.synthesis(ws))
+    masks = _fit_version(backend, 7, ws)
+    # What Backend.fit keeps beside the version: the labeled images at the generator's resolution.
+    np.savez_compressed(backend.store.training_data_path(7, 1), images=images, masks=masks)
+    backend.settings.segmenter_recipe = "quick"
+    assert "no training data" in backend.train_segmenter(7, 2)["skipped"]
+    made = backend.train_segmenter(7, 1)
+    assert made["model_version"] == "dgan-v1-segmenter" and made["n_real"] == 8
+    assert backend.train_segmenter(7, 1)["skipped"] == "already trained"
+    assert client.get("/versions").get_json() == {"versions": ["dgan-v1", "dgan-v1-segmenter"]}
+    assert client.post("/setup", json={"project": "7.1", "schema": CONFIG}).get_json() == {
+        "model_version": "dgan-v1-segmenter"}
+
+    # /predict now answers with the segmenter, no inversion: exactly its labels of each task image.
+    body = {"tasks": [{"id": i, "data": {"image": png_data_uri(img)}} for i, img in enumerate(images)],
+            "project": "7.1", "label_config": CONFIG}
+    r = client.post("/predict", json=body).get_json()["results"]
+    assert {e["model_version"] for e in r} == {"dgan-v1-segmenter"}
+    seg = Segmenter.load(backend.store.segmenter_path(7, 1))
+    direct = seg.label(images)
+    for i, e in enumerate(r):
+        assert np.array_equal(_decode(e, lm), direct.labels[i])
+        assert e["score"] == round(max(0.0, 1 - float(direct.score[i]) / np.log(3)), 4)
+    assert not list((backend.store.root / "latents").glob("*.pt"))     # nothing was inverted
+
+    # A newer fit makes the older segmenter job pointless: it is skipped, and the newer version's
+    # segmenter is trained by its own job; until then the newest ready segmenter keeps serving.
+    _fit_version(backend, 7, ws)
+    assert "a newer version exists" in backend.train_segmenter(7, 1)["skipped"]
+    assert {e["model_version"] for e in client.post("/predict", json=body).get_json()["results"]} == {
+        "dgan-v1-segmenter"}

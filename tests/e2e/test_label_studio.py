@@ -4,6 +4,7 @@ retrieve predictions for 200 tasks in one call, decode them with the SDK and sco
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -94,7 +95,8 @@ def test_full_loop(label_studio, backend, redis_conn, record_property):
 
     def version() -> int:
         v = requests.post(backend.url + "/setup", json={"project": f"{project}.1", "schema": CONFIG}).json()
-        return int(v["model_version"].split("-v")[1]) if "-v" in v["model_version"] else 0
+        m = re.match(r"dgan-v(\d+)", v["model_version"])
+        return int(m.group(1)) if m else 0
 
     v1 = wait_for(version, 600, "a first model version from the annotation webhooks")
     record_property("fit_seconds_after_annotations", round(time.time() - t_fit, 1))
@@ -137,6 +139,28 @@ def test_full_loop(label_studio, backend, redis_conn, record_property):
     print(f"\npre-annotation mIoU on {len(rest)} tasks: {miou:.1f}%")
     assert all(0 <= got[i]["score"] <= 1 and got[i]["model_version"].startswith("dgan-v") for i in rest)
     assert miou > 20
+
+    # After the fit the worker trains the segmenter (no lock held); once it is ready /predict serves it,
+    # without inversion, for the tasks Label Studio asks about.
+    def segmenter_version() -> str | None:
+        names = requests.get(backend.url + "/versions", timeout=10).json()["versions"]
+        return next((n for n in names if n.endswith("-segmenter")), None)
+
+    t = time.time()
+    name = wait_for(segmenter_version, 900, "the segmenter trained after the fit", every=5)
+    record_property("segmenter_ready_seconds_after_predictions", round(time.time() - t, 1))
+    sample = [{"id": i, "data": tasks[task_ids.index(i)]["data"]} for i in rest[:48]]
+    t = time.time()
+    r = requests.post(backend.url + "/predict", json={"tasks": sample, "project": f"{project}.1",
+                                                      "label_config": CONFIG}, timeout=100)
+    assert r.status_code == 200, r.text
+    record_property("predict_segmenter_ms_per_task", round(1000 * (time.time() - t) / len(sample), 1))
+    served = r.json()["results"]
+    assert [e["model_version"] for e in served] == [name] * len(sample)
+    seg_pred = np.stack([_decode(e) for e in served])
+    seg_miou = 100 * mean_iou(seg_pred, masks[N_ANNOTATED:N_ANNOTATED + len(sample)], len(CLASSES))
+    record_property("predict_segmenter_miou", round(seg_miou, 2))
+    assert seg_miou > 40, seg_miou
 
 
 def _dgan(backend, *args, **kw) -> subprocess.CompletedProcess:
