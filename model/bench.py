@@ -3,7 +3,6 @@ the same process (an fp32 matmul peak), so figures from a busy or different mach
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -239,14 +238,18 @@ def bench_quality(generator: str | None = None, quick: bool = False, out_dir: st
     return {**report, "machine": machine()}
 
 
-BENCHES: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
-    "generator": lambda a: bench_generator(a.generator, a.repeats),
-    "interpreter": lambda a: bench_interpreter(a.generator),
-    "inversion": lambda a: bench_inversion(a.generator),
-    "synthesis": lambda a: bench_synthesis(a.generator),
-    "quality": lambda a: bench_quality(a.generator, a.quick, a.out_dir, a.unet_steps, getattr(a, "draws", None)),
+BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
+    "generator": bench_generator,
+    "interpreter": bench_interpreter,
+    "inversion": bench_inversion,
+    "synthesis": bench_synthesis,
+    "quality": bench_quality,
 }
 
 
-def run(what: str, args: argparse.Namespace) -> dict[str, Any]:
-    return {"bench": what, **BENCHES[what](args)}
+def run(what: str, **kwargs: Any) -> dict[str, Any]:
+    """Benchmark ``what`` (a key of :data:`BENCHES`) called with ``kwargs`` (its function's keyword
+    arguments, e.g. ``generator=``): ``{"bench": what, **its result}``."""
+    if what not in BENCHES:
+        raise ValueError(f"unknown benchmark {what!r}; choose one of {', '.join(BENCHES)}")
+    return {"bench": what, **BENCHES[what](**kwargs)}
