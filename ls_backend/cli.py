@@ -8,9 +8,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.cli import add_commands as add_model_commands
+
+if TYPE_CHECKING:
+    from .client import LabelStudioClient
+    from .config import Settings
 
 
 def _cmd_serve(a: argparse.Namespace) -> int:
@@ -33,16 +37,20 @@ def _cmd_worker(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_webhook_secret(a: argparse.Namespace) -> int:
+def _label_studio(settings: Settings) -> LabelStudioClient:
     from .client import LabelStudioClient
+
+    return LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
+
+
+def _cmd_webhook_secret(a: argparse.Namespace) -> int:
     from .config import WEBHOOK_SECRET_HEADER, Settings
 
     settings = Settings.from_env()
     if not settings.webhook_secret:
         raise ValueError("DGAN_WEBHOOK_SECRET is not set: set it (and BASIC_AUTH_USER/PASS) as for `dgan serve`")
     url = a.backend_url.rstrip("/") + "/webhook"
-    client = LabelStudioClient(settings.label_studio_url, settings.label_studio_api_key)
-    hook = client.set_webhook_headers(a.project, url, {WEBHOOK_SECRET_HEADER: settings.webhook_secret})
+    hook = _label_studio(settings).set_webhook_headers(a.project, url, {WEBHOOK_SECRET_HEADER: settings.webhook_secret})
     print(f"project {a.project}: webhook {hook} ({url}) now sends the {WEBHOOK_SECRET_HEADER} header")
     return 0
 
@@ -55,11 +63,11 @@ def _cmd_export(a: argparse.Namespace) -> int:
     if a.from_synthesis:
         classes, records = export.synthesis_records(a.from_synthesis)
     else:
-        from .backend import Backend
         from .config import Settings
 
-        backend = Backend(Settings.from_env())
-        classes, records = export.project_records(backend, a.project, include_predictions=a.include_predictions)
+        settings = Settings.from_env()
+        classes, records = export.project_records(_label_studio(settings), a.project, settings,
+                                                  include_predictions=a.include_predictions)
     print(json.dumps(export.write(records, classes, a.out, a.format)))
     return 0
 

@@ -16,10 +16,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from .client import LabelStudioClient
+    from .config import Settings
 
 FORMATS = ("coco", "voc")
 
@@ -160,18 +164,21 @@ def synthesis_records(folder: str | Path) -> tuple[list[str], Iterator[Record]]:
     return classes, gen()
 
 
-def project_records(backend, project: int, include_predictions: bool = False) -> tuple[list[str], Iterator[Record]]:
-    """(label-config class names, records) of a Label Studio project's tasks.
+def project_records(client: LabelStudioClient, project: int, settings: Settings,
+                    include_predictions: bool = False) -> tuple[list[str], Iterator[Record]]:
+    """(label-config class names, records) of a Label Studio project's tasks, read with ``client``; images
+    are fetched from Label Studio as ``settings`` allow (no generator is needed).
 
     Each task contributes its latest non-cancelled annotation (reviewed data); with
     ``include_predictions``, tasks without an annotation contribute their latest prediction."""
     from .brush import parse_label_config, results_to_mask
+    from .fetch import fetch_task_image
 
-    label_map = parse_label_config(backend.client.label_config(project))
+    label_map = parse_label_config(client.label_config(project))
 
     def gen() -> Iterator[Record]:
         # Only annotated tasks unless predictions are wanted too (a pushed project has thousands of others).
-        for task in backend.client.iter_tasks(project, only_annotated=not include_predictions):
+        for task in client.iter_tasks(project, only_annotated=not include_predictions):
             anns = [a for a in (task.get("annotations") or []) if not a.get("was_cancelled")]
             source, chosen = "annotation", None
             if anns:
@@ -181,11 +188,11 @@ def project_records(backend, project: int, include_predictions: bool = False) ->
                 chosen = max(task["predictions"], key=lambda p: p.get("id", 0))
             if chosen is None:
                 continue
-            item = backend.load_task_image(task, label_map)
-            h, w = item.image.shape[:2]
+            image, _ = fetch_task_image(task, label_map.image_key, settings, client.auth_headers())
+            h, w = image.shape[:2]
             mask = results_to_mask(chosen.get("result") or [], label_map, h, w)
             if mask.shape != (h, w):
                 raise ValueError(f"task {task['id']}: mask {mask.shape} does not match image {h}x{w}")
-            yield Record(f"task-{task['id']}", item.image, mask, {"task_id": task["id"], "source": source})
+            yield Record(f"task-{task['id']}", image, mask, {"task_id": task["id"], "source": source})
 
     return list(label_map.labels), gen()

@@ -16,12 +16,15 @@ import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 from urllib.parse import parse_qs, unquote, urljoin, urlparse
 
 import numpy as np
 import requests
 from PIL import Image
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 MAX_REDIRECTS = 5
@@ -79,6 +82,18 @@ def decode_image(data: bytes, max_pixels: int, source: str = "image") -> np.ndar
         raise
     except (OSError, Image.DecompressionBombError, ValueError) as e:
         raise ImageFetchError(f"{source}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def fetch_task_image(task: dict, image_key: str, settings: Settings, headers: dict[str, str]) -> tuple[np.ndarray, bytes]:
+    """A Label Studio task's image: (RGB uint8 [H, W, 3], its raw bytes), read from ``task["data"][image_key]``
+    as far as ``settings`` allow (Label Studio's media paths, data URIs, allowed roots; the pixel limit).
+    ``headers``: Label Studio's Authorization header (``LabelStudioClient.auth_headers()``)."""
+    data = task.get("data") or {}
+    if image_key not in data:
+        raise ValueError(f"task {task.get('id')} has no data field {image_key!r} "
+                         f"(the Image tag reads ${image_key}); fields: {sorted(data)}")
+    raw = fetch_image_bytes(data[image_key], settings.label_studio_url, headers, settings.allowed_roots)
+    return decode_image(raw, settings.max_image_pixels, f"task {task.get('id')}"), raw
 
 
 # Label Studio 1.23.2's media paths (relative to its base URL), the only ones fetched with its token:

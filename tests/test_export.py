@@ -112,29 +112,106 @@ def test_project_id_zero_is_refused_not_read_as_no_project(capsys):
         assert "not a project id" in err and "Traceback" not in err
 
 
-class AnnotatedOnly:
+CONFIG = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+          '<Label value="ring"/><Label value="block"/></BrushLabels></View>')
+
+
+class FakeLabelStudio:
     """Label Studio's task listing as the client exposes it, recording what was asked."""
 
-    def __init__(self):
-        self.asked = []
+    def __init__(self, tasks=()):
+        self.tasks, self.asked = list(tasks), []
 
     def label_config(self, project):
-        return ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
-                '<Label value="ring"/></BrushLabels></View>')
+        return CONFIG
 
     def iter_tasks(self, project, only_annotated=False):
         self.asked.append((project, only_annotated))
-        return iter(())
+        return iter([t for t in self.tasks if t.get("annotations") or not only_annotated])
+
+    def auth_headers(self):
+        return {"Authorization": "Token k"}
+
+
+def _settings():
+    from ls_backend.config import Settings
+
+    return Settings.from_env({"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "k"})
 
 
 def test_project_export_asks_only_for_annotated_tasks():
-    from types import SimpleNamespace
-
     from ls_backend.export import project_records
 
-    client = AnnotatedOnly()
+    client = FakeLabelStudio()
     for include in (False, True):
-        classes, records = project_records(SimpleNamespace(client=client), 3, include_predictions=include)
-        assert classes == ["ring"] and list(records) == []
+        classes, records = project_records(client, 3, _settings(), include_predictions=include)
+        assert classes == ["ring", "block"] and list(records) == []
     # Reviewed data only: the annotated tasks. With predictions, every task has to be looked at.
     assert client.asked == [(3, True), (3, False)]
+
+
+def _project_tasks():
+    from ls_backend.brush import mask_to_results, parse_label_config
+    from model.images import png_data_uri
+
+    label_map = parse_label_config(CONFIG)
+    img = np.random.default_rng(1).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    old, new, predicted = (np.zeros((20, 30), np.uint8) for _ in range(3))
+    old[2:5, 2:5] = 1
+    new[5:15, 10:20] = 2
+    predicted[0:4, 0:30] = 1
+    data = {"image": png_data_uri(img)}
+    tasks = [
+        {"id": 1, "data": data, "annotations": [
+            {"id": 10, "updated_at": "2024-01-01", "result": mask_to_results(old, label_map)},
+            {"id": 11, "updated_at": "2024-02-01", "result": mask_to_results(new, label_map)},
+            {"id": 12, "updated_at": "2024-03-01", "was_cancelled": True, "result": []}]},
+        {"id": 2, "data": data, "annotations": [], "predictions": [
+            {"id": 20, "result": mask_to_results(predicted, label_map)}]},
+    ]
+    return tasks, img, new, predicted
+
+
+def test_project_export_reads_images_from_label_studio_without_a_generator(tmp_path, monkeypatch, capsys):
+    """`dgan export --project` needs Label Studio and the label config only: loading a generator fails here."""
+    import ls_backend.client
+    import model.generator.checkpoints
+    import model.generator.default
+
+    def no_generator(*_a, **_k):
+        raise AssertionError("export loaded a generator")
+
+    monkeypatch.setattr(model.generator.default, "load_default_or", no_generator)
+    monkeypatch.setattr(model.generator.checkpoints, "load_generator", no_generator)
+    tasks, img, new, predicted = _project_tasks()
+    monkeypatch.setattr(ls_backend.client, "LabelStudioClient", lambda url, key: FakeLabelStudio(tasks))
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "k")
+    for name in ("DGAN_GENERATOR", "DGAN_ENCODER", "BASIC_AUTH_USER", "BASIC_AUTH_PASS", "DGAN_WEBHOOK_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+
+    assert main(["export", "--project", "3", "--format", "voc", "--out", str(tmp_path / "reviewed")]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 1           # the latest non-cancelled annotation
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "reviewed/SegmentationClass/task-1.png")), new)
+    assert np.asarray(Image.open(tmp_path / "reviewed/JPEGImages/task-1.jpg")).shape == img.shape
+
+    assert main(["export", "--project", "3", "--format", "coco", "--include-predictions",
+                 "--out", str(tmp_path / "all")]) == 0
+    coco = COCO(str(tmp_path / "all" / "annotations.json"))
+    assert [i["source"] for i in coco.loadImgs(coco.getImgIds())] == ["annotation", "prediction"]
+    ring = coco.loadAnns(coco.getAnnIds(imgIds=[2], catIds=[1]))[0]
+    assert np.array_equal(coco.annToMask(ring), (predicted == 1).astype(np.uint8))
+
+
+def test_project_export_of_a_task_without_its_image_field_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    import ls_backend.client
+
+    tasks, *_ = _project_tasks()
+    tasks[0]["data"] = {"picture": "x"}
+    monkeypatch.setattr(ls_backend.client, "LabelStudioClient", lambda url, key: FakeLabelStudio(tasks))
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "k")
+    assert main(["export", "--project", "3", "--format", "coco", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "task 1 has no data field 'image'" in err and "['picture']" in err, err
+    assert not (tmp_path / "o").exists()
