@@ -14,9 +14,6 @@ from ls_backend.brush import parse_label_config
 from ls_backend.config import Settings
 from model.domain import CLASSES, render_batch
 from model.images import png_data_uri
-from model.interpreter import InterpreterConfig
-from model.inversion import images_to_tensor, invert
-from model.labeling import fit_from_latents
 from model.metrics import mean_iou
 
 CONFIG = ('<View><Image name="image" value="$image"/><BrushLabels name="parts" toName="image">'
@@ -28,12 +25,11 @@ def main(n: int = 32) -> None:
     settings = Settings.from_env({"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "k",
                                   "MODEL_DIR": tmp, "REDIS_URL": "redis://127.0.0.1:6379/11"})
     backend = Backend(settings)
-    G = backend.generator
+    pipe = backend.pipeline
     lab_img, lab_mask = render_batch(16, seed=2000)
     t = time.perf_counter()
-    ws = invert(G, images_to_tensor(lab_img), encoder=backend.encoder).ws
-    interp = fit_from_latents(G, ws, lab_mask, parse_label_config(CONFIG).class_names,
-                              InterpreterConfig(in_dim=0, n_classes=len(CLASSES)))
+    ws = pipe.invert(lab_img, steps=30)[0]
+    interp = pipe.fit(ws, lab_mask, parse_label_config(CONFIG).class_names)
     fit_s = time.perf_counter() - t
     v, path = backend.store.next_version_paths(1)
     interp.save(path)

@@ -13,13 +13,9 @@ import numpy as np
 import torch
 
 from model.domain import CLASSES, render_batch
-from model.generator.default import load_default_or, load_encoder_for
-from model.interpreter import InterpreterConfig
-from model.inversion import images_to_tensor, invert
-from model.labeling import fit_from_latents, label_latents
 from model.metrics import mean_iou
+from model.pipeline import Pipeline
 from model.segmenter import load_segmenter, predict
-from model.synthesis import generate_chunk
 
 
 def main() -> None:
@@ -28,26 +24,23 @@ def main() -> None:
     ap.add_argument("--n-review", type=int, default=50)
     ap.add_argument("--oracle", default="runs/eval/unet5000.pt")
     a = ap.parse_args()
-    G = load_default_or(None)
-    enc = load_encoder_for(G)
+    pipe = Pipeline.load()
     n_cls = len(CLASSES)
     lab_img, lab_mask = render_batch(16, seed=2000)
     test_img, test_mask = render_batch(a.n_test, seed=1000)
-    ws16 = invert(G, images_to_tensor(lab_img), encoder=enc).ws
-    ws_test = torch.cat([invert(G, images_to_tensor(test_img[i:i + 50]), encoder=enc).ws
-                         for i in range(0, a.n_test, 50)])
-    cfg = InterpreterConfig(in_dim=0, n_classes=n_cls)
-    before = fit_from_latents(G, ws16, lab_mask, list(CLASSES), cfg)
-    miou_before = 100 * mean_iou(label_latents(G, before, ws_test)[1].labels, test_mask, n_cls)
+    ws16 = pipe.invert(lab_img)[0]
+    ws_test = pipe.invert(test_img, batch=50)[0]
+    before = pipe.fit(ws16, lab_mask, list(CLASSES))
+    miou_before = 100 * mean_iou(pipe.label(before, ws_test)[1].labels, test_mask, n_cls)
     # Reviewers see the least certain first: take the 50 least certain of 500 pushed samples.
-    samples = generate_chunk(G, before, list(range(500)))
+    samples = pipe.synthesize(list(range(500)), before)
     worst = sorted(samples, key=lambda s: -s.uncertainty)[: a.n_review]
     oracle = load_segmenter(a.oracle)
     corrected = predict(oracle, np.stack([s.image for s in worst]))
     agreement = 100 * mean_iou(np.stack([s.labels for s in worst]), corrected, n_cls)
     ws_rev = torch.stack([torch.from_numpy(s.ws) for s in worst])
-    after = fit_from_latents(G, torch.cat([ws16, ws_rev]), np.concatenate([lab_mask, corrected]), list(CLASSES), cfg)
-    miou_after = 100 * mean_iou(label_latents(G, after, ws_test)[1].labels, test_mask, n_cls)
+    after = pipe.fit(torch.cat([ws16, ws_rev]), np.concatenate([lab_mask, corrected]), list(CLASSES))
+    miou_after = 100 * mean_iou(pipe.label(after, ws_test)[1].labels, test_mask, n_cls)
     print(json.dumps({"n_test": a.n_test, "n_review": a.n_review, "miou_before": round(miou_before, 2),
                       "miou_after": round(miou_after, 2), "prediction_vs_correction_miou": round(agreement, 2)}))
 
