@@ -84,7 +84,8 @@ def decode_image(data: bytes, max_pixels: int, source: str = "image") -> np.ndar
         raise ImageFetchError(f"{source}: not a readable image ({type(e).__name__}: {e})") from e
 
 
-def fetch_task_image(task: dict, image_key: str, settings: Settings, headers: dict[str, str]) -> tuple[np.ndarray, bytes]:
+def fetch_task_image(task: dict, image_key: str, settings: Settings,
+                     headers: dict[str, str]) -> tuple[np.ndarray, bytes]:
     """A Label Studio task's image: (RGB uint8 [H, W, 3], its raw bytes), read from ``task["data"][image_key]``
     as far as ``settings`` allow (Label Studio's media paths, data URIs, allowed roots; the pixel limit).
     ``headers``: Label Studio's Authorization header (``LabelStudioClient.auth_headers()``)."""

@@ -121,8 +121,9 @@ def _cmd_train_segmenter(a: argparse.Namespace) -> int:
     if a.test:
         t_img, t_lab, _ = read_labeled_folder(a.test)
         pred = predict(res.model, t_img)
+        per_class = np.round(100 * iou_per_class(pred, t_lab, len(classes)), 1).tolist()
         summary.update(n_test=len(t_img), miou=round(100 * mean_iou(pred, t_lab, len(classes)), 2),
-                       iou_per_class=dict(zip(classes, np.round(100 * iou_per_class(pred, t_lab, len(classes)), 1).tolist())))
+                       iou_per_class=dict(zip(classes, per_class)))
     if a.out:
         save_segmenter(res.model, a.out, meta={"classes": classes, **{k: v for k, v in summary.items()
                                                                         if k != "iou_per_class"}})

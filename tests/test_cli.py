@@ -53,7 +53,8 @@ def test_fit_cli_matches_inverting_and_fitting_by_hand(tmp_path, tiny_G, capsys)
     assert main(["preview", "--out", str(tmp_path / "pv"), "--n", "8", "--generator", str(g),
                  "--interpreter", str(tmp_path / "interp.pt")]) == 0
     assert "synthesis-labels.png" in capsys.readouterr().out
-    assert Image.open(tmp_path / "pv" / "synthesis-labels.png").size == (6 * 32 * 3, 4 * 32 * 3)   # 8 × (image, overlay, labels), 6 a row
+    # 8 × (image, overlay, label map), 6 panels a row, each 32 px at scale 3
+    assert Image.open(tmp_path / "pv" / "synthesis-labels.png").size == (6 * 32 * 3, 4 * 32 * 3)
 
 
 def test_bench_push_is_registered_beside_the_model_benches(capsys):
