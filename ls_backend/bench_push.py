@@ -18,7 +18,6 @@ import requests
 
 def bench_push(project: int, n: int = 500) -> dict:
     from model.images import png_data_uri
-    from model.synthesis import generate_chunk
 
     from .backend import Backend
     from .brush import mask_to_results, parse_label_config
@@ -33,7 +32,7 @@ def bench_push(project: int, n: int = 500) -> dict:
     label_config = backend.client.label_config(project)
     label_map = parse_label_config(label_config)
     t = time.perf_counter()
-    samples = generate_chunk(backend.generator, interp, list(range(10**8, 10**8 + n)))
+    samples = backend.pipeline.synthesize(list(range(10**8, 10**8 + n)), interp)
     synth_s = time.perf_counter() - t
     raw_tasks = [{"data": {label_map.image_key: png_data_uri(x.image), "dgan_seed": x.seed},
                   "predictions": [{"result": mask_to_results(x.labels, label_map), "score": 0.5,
