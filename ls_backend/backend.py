@@ -22,7 +22,7 @@ import torch
 
 from .brush import LabelMap, mask_to_results, parse_label_config, results_to_mask, validate_results
 from .config import Settings
-from .fetch import decode_image, fetch_image_bytes
+from .fetch import fetch_task_image
 from .fit_guard import annotations_digest, unchanged_fit
 from .store import ProjectStore, image_hash, model_version_name
 
@@ -85,31 +85,28 @@ class Backend:
         """(version, Interpreter) of the project's latest version, or (0, None) before any fit."""
         from model.interpreter import Interpreter
 
-        version = self.store.latest_version(project)
-        with self._lock:
-            cached = self._interpreters.get(project)
-            if cached and cached[0] == version:
-                return cached
-            if version == 0:
-                return 0, None
-            interp = Interpreter.load(self.store.interpreter_path(project, version), generator_id=self.generator_id)
-            self._interpreters[project] = (version, interp)
-            return version, interp
+        return self._cached(self._interpreters, project, self.store.latest_version(project),
+                            lambda v: Interpreter.load(self.store.interpreter_path(project, v),
+                                                       generator_id=self.generator_id))
 
     def segmenter(self, project: int):
         """(version, Segmenter) of the project's newest ready segmenter, or (0, None) while none is."""
         from model.segmenter import Segmenter
 
-        version = self.store.latest_segmenter(project)
+        return self._cached(self._segmenters, project, self.store.latest_segmenter(project),
+                            lambda v: Segmenter.load(self.store.segmenter_path(project, v),
+                                                     generator_id=self.generator_id))
+
+    def _cached(self, cache: dict, project: int, version: int, load):
+        """(version, model) from ``cache``, loading version ``version`` when it is newer; (0, None) for 0."""
         with self._lock:
-            cached = self._segmenters.get(project)
-            if cached and cached[0] == version:
-                return cached
+            hit = cache.get(project)
+            if hit and hit[0] == version:
+                return hit
             if version == 0:
                 return 0, None
-            seg = Segmenter.load(self.store.segmenter_path(project, version), generator_id=self.generator_id)
-            self._segmenters[project] = (version, seg)
-            return version, seg
+            cache[project] = (version, load(version))
+            return cache[project]
 
     def model_version(self, project: int) -> str:
         seg_version = self.store.latest_segmenter(project)
@@ -125,13 +122,8 @@ class Backend:
         return {"model_version": self.model_version(project)}
 
     def load_task_image(self, task: dict, label_map: LabelMap) -> TaskImage:
+        img, raw = fetch_task_image(task, label_map.image_key, self.settings, self.client.auth_headers())
         data = task.get("data") or {}
-        if label_map.image_key not in data:
-            raise ValueError(f"task {task.get('id')} has no data field {label_map.image_key!r} "
-                             f"(the Image tag reads ${label_map.image_key}); fields: {sorted(data)}")
-        raw = fetch_image_bytes(data[label_map.image_key], self.settings.label_studio_url, self.client.auth_headers(),
-                                self.settings.allowed_roots)
-        img = decode_image(raw, self.settings.max_image_pixels, f"task {task.get('id')}")
         seed = next((data[k] for k in SEED_KEYS if data.get(k) is not None), None)
         gen_ok = data.get("dgan_generator_id") in (None, self.generator_id)
         return TaskImage(int(task.get("id", -1)), img, image_hash(raw), int(seed) if seed is not None and gen_ok else None,

@@ -48,6 +48,8 @@ KINDS: dict[str, Kind] = {
     "discriminator": Kind("a GAN discriminator", "trained with",
                           "use the discriminator.pt that `dgan train-gan` wrote beside this generator, or none"),
     "unet": Kind("a segmentation U-Net", "trained for", "train one with `dgan train-segmenter --out unet.pt`"),
+    "label-branch": Kind("a SemanticGAN label branch", "fitted for",
+                         "fit one for this generator (Pipeline.fit_label_branch) on labeled latents"),
     "train-state": Kind("a GAN training state", "made for",
                         "point --out at the run folder that holds it, or start without --resume"),
 }

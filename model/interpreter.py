@@ -148,6 +148,26 @@ def _argmax_first(x: torch.Tensor) -> torch.Tensor:
     return idx
 
 
+def summarise_members(logits: torch.Tensor, hgt: int, wid: int) -> Prediction:
+    """Ensemble members' logits [E, C, N, H·W] → :class:`Prediction`: majority vote (ties → higher mean
+    probability), mean probabilities, Jensen–Shannon uncertainty per pixel, image score = mean of the
+    top-10 % pixel uncertainties. Shared by every ensemble label source (interpreter, label branch)."""
+    e, n_cls, n, _ = logits.shape
+    logp = F.log_softmax(logits, dim=1)
+    p = logp.exp()
+    mean = p.mean(0)                                                                 # [C, N, HW]
+    ent_mean = -(mean * mean.clamp_min(1e-12).log()).sum(0)
+    mean_ent = -(p * logp).sum(1).mean(0)
+    votes = torch.zeros(n_cls, n * hgt * wid).scatter_add_(0, _argmax_first(logits.transpose(0, 1)).reshape(e, -1),
+                                                             torch.ones(e, n * hgt * wid))
+    labels = _argmax_first(votes.reshape(n_cls, n, -1) + 1e-3 * mean)               # ties → higher mean p
+    js = (ent_mean - mean_ent).clamp_min(0)                                          # [N, HW]
+    labels = labels.reshape(n, hgt, wid).to(torch.uint8).numpy()
+    top = max(1, int(round(0.1 * hgt * wid)))
+    return Prediction(labels, mean.reshape(n_cls, n, hgt, wid).permute(1, 0, 2, 3).contiguous().numpy(),
+                      js.reshape(n, hgt, wid).numpy(), js.topk(top, dim=1).values.mean(1).numpy())
+
+
 class Interpreter:
     """The fitted ensemble plus what it belongs to: class names and the generator it was fitted for."""
 
@@ -252,21 +272,7 @@ class Interpreter:
         return scale.reshape(e, c, 1) * w, torch.baddbmm(b, shift, w)
 
     def _summarise(self, logits: torch.Tensor, hgt: int, wid: int) -> Prediction:
-        """Member logits [E, C, N, H·W] → :class:`Prediction`."""
-        e, n_cls, n, _ = logits.shape
-        logp = F.log_softmax(logits, dim=1)
-        p = logp.exp()
-        mean = p.mean(0)                                                                 # [C, N, HW]
-        ent_mean = -(mean * mean.clamp_min(1e-12).log()).sum(0)
-        mean_ent = -(p * logp).sum(1).mean(0)
-        votes = torch.zeros(n_cls, n * hgt * wid).scatter_add_(0, _argmax_first(logits.transpose(0, 1)).reshape(e, -1),
-                                                                 torch.ones(e, n * hgt * wid))
-        labels = _argmax_first(votes.reshape(n_cls, n, -1) + 1e-3 * mean)               # ties → higher mean p
-        js = (ent_mean - mean_ent).clamp_min(0)                                          # [N, HW]
-        labels = labels.reshape(n, hgt, wid).to(torch.uint8).numpy()
-        top = max(1, int(round(0.1 * hgt * wid)))
-        return Prediction(labels, mean.reshape(n_cls, n, hgt, wid).permute(1, 0, 2, 3).contiguous().numpy(),
-                          js.reshape(n, hgt, wid).numpy(), js.topk(top, dim=1).values.mean(1).numpy())
+        return summarise_members(logits, hgt, wid)
 
     @torch.no_grad()
     def predict(self, features: torch.Tensor) -> Prediction:

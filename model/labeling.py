@@ -11,6 +11,7 @@ from .features import FeatureExtractor
 from .generator.checkpoints import generator_id
 from .generator.stylegan2 import Generator
 from .interpreter import Interpreter, InterpreterConfig, Prediction, balanced_pixel_sample
+from .label_branch import LabelBranch
 
 
 def fit_from_latents(G: Generator, ws: torch.Tensor, masks: np.ndarray | torch.Tensor, class_names: list[str],
@@ -47,13 +48,14 @@ def fit_from_latents(G: Generator, ws: torch.Tensor, masks: np.ndarray | torch.T
 
 
 @torch.no_grad()
-def label_latents(G: Generator, interp: Interpreter, ws: torch.Tensor, batch: int = 16,
+def label_latents(G: Generator, interp: Interpreter | LabelBranch, ws: torch.Tensor, batch: int = 16,
                   noise_mode: str = "const") -> tuple[torch.Tensor, Prediction]:
     """Images and interpreter labels for latents ws [N, num_ws, w_dim] →
     (images float32 [N, 3, H, W] in ≈[-1, 1], :class:`Prediction` over the N images)."""
     fx = FeatureExtractor(G)
-    if fx.dim != interp.cfg.in_dim:
-        raise ValueError(f"the interpreter expects {interp.cfg.in_dim}-dim features, this generator gives {fx.dim}")
+    expected = getattr(interp.cfg, "in_dim", fx.dim)     # a label branch derives its inputs from the maps
+    if fx.dim != expected:
+        raise ValueError(f"the interpreter expects {expected}-dim features, this generator gives {fx.dim}")
     images, parts = [], []
     for start in range(0, ws.shape[0], batch):
         img, maps = fx.native(ws[start:start + batch], noise_mode)

@@ -7,7 +7,8 @@ the scripts) goes through it instead of wiring the pieces by hand:
 - ``invert``            real images → W+ latents (encoder start + optimisation);
 - ``seed_latents``      synthesis seeds → exact W+ latents;
 - ``fit``               (latents, masks) → an :class:`~model.interpreter.Interpreter` (dimensions derived);
-- ``label``             latents → images + interpreter labels, uncertainty;
+- ``fit_label_branch``  (latents, masks) → SemanticGAN's convolutional label branch;
+- ``label``             latents → images + labels and uncertainty (interpreter or label branch);
 - ``cross_validate``    k-fold mIoU and per-class IoU of the interpreter on the labeled images;
 - ``train_segmenter``   labeled real images (+ a synthesized pool labeled by a teacher) → a
                         :class:`~model.segmenter.Segmenter` that pre-annotates images directly;
@@ -36,6 +37,7 @@ from .generator.stylegan2 import Generator
 from .images import to_uint8
 from .interpreter import Interpreter, InterpreterConfig, Prediction
 from .inversion import LatentEncoder, images_to_tensor, invert
+from .label_branch import LabelBranch, LabelBranchConfig, fit_label_branch
 from .labeling import fit_from_latents, label_latents
 from .metrics import confusion, iou_from_confusion
 from .segmenter import IGNORE, Segmenter, pseudo_labels, train_segmenter
@@ -67,7 +69,7 @@ class SegmenterRecipe:
     @classmethod
     def quick(cls) -> "SegmenterRecipe":
         """A seconds-long recipe for tests and smoke runs (quality far below the default's)."""
-        return cls(teacher_steps=20, student_steps=20, pool=32, batch=4, base=4)
+        return cls(teacher_steps=20, student_steps=20, pool=32, batch=4, base=4, lr=1e-2)
 
 
 @dataclass
@@ -84,6 +86,11 @@ def per_class_iou(cm: np.ndarray, class_names: list[str]) -> dict[str, float]:
     """Confusion matrix [C, C] → {class name: IoU %} for the classes present in it."""
     iou = iou_from_confusion(cm)
     return {name: round(100 * float(v), 2) for name, v in zip(class_names, iou) if not math.isnan(v)}
+
+
+def certainty(score: float, n_classes: int) -> float:
+    """Image uncertainty score (nats; 0 … log C) → certainty in [0, 1] (1 = sure), as shown to reviewers."""
+    return float(np.clip(1.0 - score / math.log(max(n_classes, 2)), 0.0, 1.0))
 
 
 class Pipeline:
@@ -164,8 +171,17 @@ class Pipeline:
             cfg = replace(cfg, epochs=epochs)
         return fit_from_latents(self.G, ws, masks, class_names, cfg, seed=seed)
 
-    def label(self, interp: Interpreter, ws: torch.Tensor) -> tuple[np.ndarray, Prediction]:
-        """Latents [N, num_ws, w_dim] → (images uint8 [N, R, R, 3], interpreter :class:`Prediction`)."""
+    def fit_label_branch(self, ws: torch.Tensor, masks: np.ndarray, class_names: list[str],
+                         images: np.ndarray | None = None, cfg: LabelBranchConfig | None = None,
+                         seed: int = 0) -> LabelBranch:
+        """Fit SemanticGAN's label branch on latents [N, num_ws, w_dim] and masks uint8 [N, R, R];
+        ``images`` (uint8 [N, R, R, 3], the labeled images) are the discriminator's real pairs."""
+        real = images_to_tensor(self.to_resolution(images)) if images is not None else None
+        return fit_label_branch(self.G, ws, torch.as_tensor(np.asarray(masks)).long(), class_names, cfg, real, seed)
+
+    def label(self, interp: Interpreter | LabelBranch, ws: torch.Tensor) -> tuple[np.ndarray, Prediction]:
+        """Latents [N, num_ws, w_dim] → (images uint8 [N, R, R, 3], :class:`Prediction` of the label source:
+        the interpreter or the label branch)."""
         images, pred = label_latents(self.G, interp, ws)
         return to_uint8(images), pred
 
@@ -240,12 +256,7 @@ class Pipeline:
                     for j, s in enumerate(part)]
         return out
 
-    certainty = staticmethod(lambda score, n_classes: certainty(score, n_classes))
-
-
-def certainty(score: float, n_classes: int) -> float:
-    """Image uncertainty score (nats; 0 … log C) → certainty in [0, 1] (1 = sure), as shown to reviewers."""
-    return float(np.clip(1.0 - score / math.log(max(n_classes, 2)), 0.0, 1.0))
+    certainty = staticmethod(certainty)
 
 
 def _resize(arr: np.ndarray, size: int, resample: int) -> np.ndarray:

@@ -106,3 +106,25 @@ def test_pseudo_labels_ignore_doubtful_pixels():
     probs[0, :, 0, 1] = [0.4, 0.6]
     assert pseudo_labels(probs, 0.7).tolist() == [[[0, IGNORE]]]
     assert pseudo_labels(probs).tolist() == [[[0, 1]]]
+
+
+def test_label_branch_learns_a_layout_and_labels_like_the_interpreter_interface(pipe, tmp_path):
+    from model.label_branch import LabelBranch, LabelBranchConfig
+
+    ws = pipe.seed_latents(list(range(6)))
+    masks = np.zeros((6, 32, 32), np.uint8)
+    masks[:, 8:24, 8:24] = 1
+    masks[:, 12:16, 12:16] = 2
+    cfg = LabelBranchConfig(n_classes=3, steps=60, batch=4, hidden=8, members=2, adv_start=30, d_base=8, lr=1e-2)
+    branch = pipe.fit_label_branch(ws, masks, ["background", "square", "dot"], pipe.sample_images(list(range(6))),
+                                   cfg)
+    images, pred = pipe.label(branch, ws)
+    assert images.shape == (6, 32, 32, 3) and pred.probs.shape == (6, 3, 32, 32)
+    assert iou_per_class(pred.labels, masks, 3).min() > 0.5            # the layout is learned, dot included
+    assert branch.meta["final_adv"] != 0.0                              # the adversarial term took part
+    assert np.allclose(pred.probs.sum(1), 1, atol=1e-5) and (pred.uncertainty >= 0).all()
+    path = branch.save(tmp_path / "branch.pt")
+    again = LabelBranch.load(path, generator_id=pipe.generator_id)
+    assert np.array_equal(pipe.label(again, ws)[1].labels, pred.labels)
+    samples = pipe.synthesize([0, 1], branch)                          # synthesis takes it like an interpreter
+    assert np.array_equal(samples[0].labels, pred.labels[0])
