@@ -200,7 +200,7 @@ def bench_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     if a.what == "generator":
         kwargs["repeats"] = a.repeats
     elif a.what == "quality":
-        kwargs.update(quick=a.quick, out_dir=a.out_dir, unet_steps=a.unet_steps)
+        kwargs.update(quick=a.quick, out_dir=a.out_dir, unet_steps=a.unet_steps, draws=a.draws)
     return kwargs
 
 
@@ -343,5 +343,7 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--quick", action="store_true", help="quality: a smoke run of minutes instead of about an hour")
     b.add_argument("--out-dir", default=None, help="quality: write quality.json and quality.md here")
-    b.add_argument("--unet-steps", type=int, default=None, help="quality: U-Net training steps (default 1500)")
+    b.add_argument("--unet-steps", type=int, default=None,
+                   help="quality: steps of the few-shot U-Net and the teacher (default 800; the student 1.5×)")
+    b.add_argument("--draws", type=int, default=None, help="quality: draws of the labeled images (default 3)")
     b.set_defaults(func=partial(_cmd_bench, extra=extra))

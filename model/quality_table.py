@@ -14,6 +14,7 @@ Rows:
 - ``interpreter_inversion``  DatasetGAN's interpreter fitted on the 16 images paired with their inverted
                              latents, applied to each test image through inversion (what ``/predict``
                              serves before the segmenter is ready);
+- ``label_branch_inversion`` SemanticGAN's label branch, fitted and applied the same way;
 - ``unet_synthetic_N``       a U-Net on N pushed synthetic images alone (labels as ``dgan push`` writes
                              them, the most doubtful 10 % dropped);
 - ``unet_5000_real``         the ceiling: a U-Net on 5,000 labeled real images (one run);
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .domain import CLASSES, render_batch
+from .label_branch import LabelBranchConfig
 from .metrics import iou_per_class
 from .pipeline import Pipeline, SegmenterRecipe
 from .segmenter import Segmenter, predict, train_segmenter
@@ -53,13 +55,14 @@ class QualitySettings:
     filter_frac: float = 0.1
     members: int = 10
     pool: int = 2000               # generator samples the served segmenter learns from
+    branch_steps: int = 600        # label branch training steps
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> "QualitySettings":
         return cls(draws=1, n_test=100, synthetic_sizes=(200,), n_ceiling=500, unet_steps=150, ceiling_steps=200,
-                   members=5, pool=200)
+                   members=5, pool=200, branch_steps=100)
 
     def recipe(self) -> SegmenterRecipe:
         return SegmenterRecipe(teacher_steps=self.unet_steps, student_steps=self.unet_steps * 3 // 2, pool=self.pool)
@@ -137,9 +140,14 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None) 
         add("served_pre_annotator", served.label(test_img).labels, test_lab)
         add("served_pre_annotator_shifted", served.label(sh_img).labels, sh_lab)
 
-        interp = pipe.fit(pipe.invert(lab_img, s.inversion_steps)[0], lab_lab, classes, members=s.members, seed=draw)
+        lab_ws = pipe.invert(lab_img, s.inversion_steps)[0]
+        interp = pipe.fit(lab_ws, lab_lab, classes, members=s.members, seed=draw)
         add("interpreter_inversion", pipe.label(interp, test_ws)[1].labels, test_lab)
         add("interpreter_inversion_shifted", pipe.label(interp, sh_ws)[1].labels, sh_lab)
+        branch = pipe.fit_label_branch(lab_ws, lab_lab, classes, lab_img,
+                                       LabelBranchConfig(n_classes=len(classes), steps=s.branch_steps), seed=draw)
+        add("label_branch_inversion", pipe.label(branch, test_ws)[1].labels, test_lab)
+        add("label_branch_inversion_shifted", pipe.label(branch, sh_ws)[1].labels, sh_lab)
 
         # Seeds draw·10⁶ + i: every size's seed range is a prefix of the largest one, so synthesize once.
         n_seeds = {n: int(n / (1 - s.filter_frac) + 0.5) for n in s.synthetic_sizes}

@@ -12,13 +12,13 @@ from .conftest import tiny_generator
 def test_quality_table_reports_per_class_and_differences_to_the_few_shot_unet(tmp_path):
     pipe = Pipeline(tiny_generator(), None, inversion_steps=2)
     s = QualitySettings(draws=2, n_test=6, synthetic_sizes=(8,), n_ceiling=8, unet_steps=3, ceiling_steps=3,
-                        inversion_steps=2, members=2, n_labeled=4, pool=6)
+                        inversion_steps=2, members=2, n_labeled=4, pool=6, branch_steps=3)
     partial = []
     report = run_quality(pipe, s, log=lambda m: None, on_partial=partial.append)
     methods = report["methods"]
     assert report["complete"] and len(partial) == 3          # after the ceiling and after each draw
     for name in ("unet_4_real", "served_pre_annotator", "served_pre_annotator_shifted", "interpreter_inversion",
-                 "interpreter_inversion_shifted", "unet_synthetic_8", "unet_synthetic_8_shifted", "unet_8_real"):
+                 "interpreter_inversion_shifted", "label_branch_inversion", "unet_synthetic_8", "unet_synthetic_8_shifted", "unet_8_real"):
         m = methods[name]
         assert len(m["runs"]) == 2, name
         assert list(m["per_class"]) == list(CLASSES), name
