@@ -147,11 +147,13 @@ def test_predict_untrained_then_trained(env):
     r = client.post("/predict", json=body).get_json()
     assert len(r["results"]) == 6 and {e["model_version"] for e in r["results"]} == {"dgan-v1"}
     _, interp = backend.interpreter(7)
-    exact = label_latents(G, interp, ws)[1].labels
+    exact_pred = label_latents(G, interp, ws)[1]
+    exact = exact_pred.labels
     decoded = [_decode(e, lm) for e in r["results"]]
     for i in range(5):
         assert np.array_equal(decoded[i], exact[i])               # seed tasks: the exact latent's labels
-        assert 0 <= r["results"][i]["score"] <= 1
+        # score = certainty = 1 − image uncertainty / log C, of the same latent's prediction
+        assert r["results"][i]["score"] == round(max(0.0, 1 - float(exact_pred.score[i]) / np.log(3)), 4)
     assert np.mean([(d == m).mean() for d, m in zip(decoded[:5], masks)]) > 0.8
     # The real image was inverted once and its latent cached by image hash.
     latents = list((backend.store.root / "latents").glob("*.pt"))

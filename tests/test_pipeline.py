@@ -31,7 +31,7 @@ def test_segmenter_learns_the_labeled_images_and_labels_generated_ones(pipe, tmp
     pred = seg.label(images)
     iou = iou_per_class(pred.labels, masks, 3)
     assert iou.min() > 0.5, iou                         # all three regions learned
-    assert seg.meta["n_real"] == 12 and 0 <= seg.meta["pool_ignored_frac"] <= 1
+    assert seg.meta["n_real"] == 12 and seg.meta["recipe"]["pool"] == 8 and seg.meta["student_seconds"] > 0
     # Uncertainty: entropy of the probabilities, in [0, log C]; the image score is the mean of its top 10 %.
     ent = -(pred.probs * np.log(np.clip(pred.probs, 1e-12, None))).sum(1)
     assert np.allclose(pred.uncertainty, ent, atol=1e-5)
