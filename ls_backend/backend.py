@@ -82,12 +82,13 @@ class Backend:
         return LabelStudioClient(self.settings.label_studio_url, self.settings.label_studio_api_key)
 
     def interpreter(self, project: int):
-        """(version, Interpreter) of the project's latest version, or (0, None) before any fit."""
-        from model.interpreter import Interpreter
+        """(version, label source) of the project's latest version — its interpreter, or its label branch
+        when that cross-validated better (DGAN_LABEL_SOURCE) — or (0, None) before any fit."""
+        from model.pipeline import load_label_source
 
         return self._cached(self._interpreters, project, self.store.latest_version(project),
-                            lambda v: Interpreter.load(self.store.interpreter_path(project, v),
-                                                       generator_id=self.generator_id))
+                            lambda v: load_label_source(self.store.interpreter_path(project, v),
+                                                        generator_id=self.generator_id))
 
     def segmenter(self, project: int):
         """(version, Segmenter) of the project's newest ready segmenter, or (0, None) while none is."""
@@ -220,6 +221,8 @@ class Backend:
     def fit(self, project: int) -> dict:
         """Fit version N+1 from the project's current annotations; returns its metadata. The labeled
         images are kept beside it for :meth:`train_segmenter` (queued by the worker after the fit)."""
+        from model.pipeline import fit_label_source
+
         t0 = time.time()
         label_config = self.client.label_config(project)
         label_map = parse_label_config(label_config)
@@ -251,18 +254,33 @@ class Backend:
         ws = self.latents(items)
         masks_np = np.stack(masks)
         classes = label_map.class_names
-        cv = pipe.cross_validate(ws, masks_np, classes) if len(items) >= 4 else None
-        interp = pipe.fit(ws, masks_np, classes)
+        images = np.stack([pipe.to_resolution(it.image) for it in items])
+        source, cv = self.choose_label_source(ws, masks_np, classes, images)
+        model = fit_label_source(pipe, source, ws, masks_np, classes, images)
         version, path = self.store.next_version_paths(project)
-        interp.save(path)
-        np.savez_compressed(self.store.training_data_path(project, version),
-                            images=np.stack([pipe.to_resolution(it.image) for it in items]), masks=masks_np)
+        model.save(path)
+        np.savez_compressed(self.store.training_data_path(project, version), images=images, masks=masks_np)
+        chosen = cv.get(source)
         meta = {"version": version, "model_version": model_version_name(version), "trained_on": ids, "n_images": len(items),
-                "cv_miou": cv.miou if cv else None, "cv_per_class": cv.per_class if cv else None,
+                "label_source": source, "cv_miou": chosen.miou if chosen else None,
+                "cv_per_class": chosen.per_class if chosen else None,
+                "cv_by_label_source": {k: v.to_dict() for k, v in cv.items()},
                 "fit_seconds": round(time.time() - t0, 2), "generator_id": self.generator_id,
                 "labels": list(label_map.labels), "annotations_digest": digest}
         self.store.commit_version(project, version, meta)
         return meta
+
+    def choose_label_source(self, ws: torch.Tensor, masks: np.ndarray, classes: list[str],
+                            images: np.ndarray) -> tuple[str, dict]:
+        """(the label source to fit, {source: CrossValidation}). DGAN_LABEL_SOURCE=auto cross-validates
+        the interpreter and the label branch and takes the better; otherwise the named one (its
+        cross-validation reported when there are ≥ 4 labeled images)."""
+        wanted = self.settings.label_source
+        candidates = ("interpreter", "label-branch") if wanted == "auto" else (wanted,)
+        if len(ws) < 4:
+            return candidates[0], {}
+        cv = {c: self.pipeline.cross_validate(ws, masks, classes, source=c, images=images) for c in candidates}
+        return max(cv, key=lambda c: cv[c].miou), cv
 
     def train_segmenter(self, project: int, version: int) -> dict:
         """Train the segmenter of fitted version N from the images it was fitted on (minutes; no lock

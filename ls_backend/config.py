@@ -34,6 +34,8 @@ ENV_DOC = {
     "DGAN_KEEP_VERSIONS": "Interpreter versions kept per project, newest first (default 5)",
     "DGAN_REDIS_PREFIX": "Prefix of every Redis key (default dgan): installations sharing a Redis use different ones",
     "DGAN_QUEUE": "RQ queue name (default dgan)",
+    "DGAN_LABEL_SOURCE": "What labels generator features before the segmenter is ready: interpreter (default), "
+                         "label-branch, or auto (cross-validate both per fit, keep the better)",
     "DGAN_SEGMENTER": "After each fit, train the U-Net that then serves /predict: default (about 5 min at 64 px on "
                       "2 cores), quick (seconds; smoke tests) or off (the interpreter serves)",
 }
@@ -61,6 +63,7 @@ class Settings:
     keep_versions: int = 5
     redis_prefix: str = DEFAULT_PREFIX
     segmenter_recipe: str = "default"     # "default", "quick" (tests, smoke runs) or "off"
+    label_source: str = "interpreter"     # "interpreter", "label-branch" or "auto" (the better by cross-validation)
 
     @property
     def keys(self) -> RedisKeys:
@@ -128,6 +131,12 @@ class Settings:
             problems.append(f"DGAN_SEGMENTER={segmenter!r} must be default (train the pre-annotating U-Net after "
                             "each fit), quick (a seconds-long smoke recipe) or off (serve the interpreter only)")
             segmenter = "default"
+        label_source = (env.get("DGAN_LABEL_SOURCE") or "interpreter").strip().lower()
+        if label_source not in ("interpreter", "label-branch", "auto"):
+            problems.append(f"DGAN_LABEL_SOURCE={label_source!r} must be interpreter (DatasetGAN's MLP ensemble), "
+                            "label-branch (SemanticGAN's conv label branch) or auto (cross-validate both at "
+                            "every fit, keep the better; about 2 min more per fit at 64 px)")
+            label_source = "interpreter"
         roots = [Path(p).resolve() for p in env.get("DGAN_ALLOWED_ROOTS", "").split(os.pathsep) if p.strip()]
         settings = cls(
             label_studio_url=url, label_studio_api_key=key,
@@ -143,7 +152,7 @@ class Settings:
             max_request_bytes=int(number("DGAN_MAX_REQUEST_BYTES", 32 << 20, int, 1024)),
             max_request_pixels=int(number("DGAN_MAX_REQUEST_PIXELS", 100_000_000, int, 1)),
             keep_versions=int(number("DGAN_KEEP_VERSIONS", 5, int, 1)),
-            redis_prefix=prefix, segmenter_recipe=segmenter)
+            redis_prefix=prefix, segmenter_recipe=segmenter, label_source=label_source)
         if settings.max_request_pixels < settings.max_image_pixels:
             problems.append(f"DGAN_MAX_REQUEST_PIXELS={settings.max_request_pixels} is below DGAN_MAX_IMAGE_PIXELS="
                             f"{settings.max_image_pixels}: one allowed image would already be refused; raise it")

@@ -25,6 +25,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -86,6 +87,30 @@ def per_class_iou(cm: np.ndarray, class_names: list[str]) -> dict[str, float]:
     """Confusion matrix [C, C] → {class name: IoU %} for the classes present in it."""
     iou = iou_from_confusion(cm)
     return {name: round(100 * float(v), 2) for name, v in zip(class_names, iou) if not math.isnan(v)}
+
+
+LABEL_SOURCES = ("interpreter", "label-branch")
+
+
+def fit_label_source(pipe: "Pipeline", source: str, ws: torch.Tensor, masks: np.ndarray, class_names: list[str],
+                     images: np.ndarray | None = None, seed: int = 0) -> Interpreter | LabelBranch:
+    """Fit the named label source ("interpreter" or "label-branch") with its default settings."""
+    if source == "interpreter":
+        return pipe.fit(ws, masks, class_names, seed=seed)
+    if source == "label-branch":
+        return pipe.fit_label_branch(ws, masks, class_names, images, seed=seed)
+    raise ValueError(f"label source must be one of {', '.join(LABEL_SOURCES)}, got {source!r}")
+
+
+def load_label_source(path: str | Path, generator_id: str | None = None) -> Interpreter | LabelBranch:
+    """An interpreter or a label branch checkpoint, whichever ``path`` holds (same identity check)."""
+    try:
+        kind = torch.load(path, map_location="cpu", weights_only=True).get("format")
+    except Exception:  # noqa: BLE001 - the checked load below says what is wrong with the file
+        kind = None
+    if kind == "dgan-label-branch":
+        return LabelBranch.load(path, generator_id=generator_id)
+    return Interpreter.load(path, generator_id=generator_id)
 
 
 def certainty(score: float, n_classes: int) -> float:
@@ -185,10 +210,14 @@ class Pipeline:
         images, pred = label_latents(self.G, interp, ws)
         return to_uint8(images), pred
 
-    def cross_validate(self, ws: torch.Tensor, masks: np.ndarray, class_names: list[str],
-                       folds: int = 4) -> CrossValidation:
-        """k-fold IoU of a lighter interpreter (3 members, half the training) on the labeled images
-        themselves: a quick, slightly pessimistic estimate of the fitted interpreter's quality."""
+    def cross_validate(self, ws: torch.Tensor, masks: np.ndarray, class_names: list[str], folds: int = 4,
+                       source: str = "interpreter", images: np.ndarray | None = None,
+                       branch_steps: int = 300) -> CrossValidation:
+        """k-fold IoU of a lighter label source (interpreter: 3 members, half the training; label branch:
+        half the steps) on the labeled images themselves: a quick, slightly pessimistic estimate of the
+        fitted source's quality. ``images`` (uint8 [N, R, R, 3]) feed the label branch's discriminator."""
+        if source not in LABEL_SOURCES:
+            raise ValueError(f"label source must be one of {', '.join(LABEL_SOURCES)}, got {source!r}")
         n, n_cls = len(ws), len(class_names)
         folds = min(folds, n)
         cm = np.zeros((n_cls, n_cls), np.int64)
@@ -196,8 +225,13 @@ class Pipeline:
         for k in range(folds):
             test = order[k::folds]
             train = np.setdiff1d(order, test)
-            interp = self.fit(ws[train], masks[train], class_names, members=3, epochs=6, seed=k)
-            cm += confusion(self.label(interp, ws[test])[1].labels, masks[test], n_cls)
+            if source == "interpreter":
+                model = self.fit(ws[train], masks[train], class_names, members=3, epochs=6, seed=k)
+            else:
+                model = self.fit_label_branch(ws[train], masks[train], class_names,
+                                              None if images is None else images[train],
+                                              LabelBranchConfig(n_classes=n_cls, steps=branch_steps), seed=k)
+            cm += confusion(self.label(model, ws[test])[1].labels, masks[test], n_cls)
         per_class = per_class_iou(cm, class_names)
         return CrossValidation(round(float(np.mean(list(per_class.values()))), 2), per_class, folds)
 

@@ -128,3 +128,23 @@ def test_label_branch_learns_a_layout_and_labels_like_the_interpreter_interface(
     assert np.array_equal(pipe.label(again, ws)[1].labels, pred.labels)
     samples = pipe.synthesize([0, 1], branch)                          # synthesis takes it like an interpreter
     assert np.array_equal(samples[0].labels, pred.labels[0])
+
+
+def test_label_source_cross_validation_and_loading_either_kind(pipe, tmp_path):
+    from model.label_branch import LabelBranch, LabelBranchConfig
+    from model.pipeline import fit_label_source, load_label_source
+
+    ws = pipe.seed_latents(list(range(8)))
+    masks = np.zeros((8, 32, 32), np.uint8)
+    masks[:, 8:24, 8:24] = 1
+    classes = ["background", "square"]
+    cv = pipe.cross_validate(ws, masks, classes, folds=2, source="label-branch", branch_steps=20)
+    assert set(cv.per_class) == set(classes) and cv.folds == 2
+    with pytest.raises(ValueError, match="label source must be one of"):
+        pipe.cross_validate(ws, masks, classes, source="mlp")
+    interp = fit_label_source(pipe, "interpreter", ws, masks, classes)
+    interp.save(tmp_path / "i.pt")
+    assert type(load_label_source(tmp_path / "i.pt", pipe.generator_id)).__name__ == "Interpreter"
+    tiny = LabelBranchConfig(n_classes=2, steps=2, members=1, hidden=4, adv_weight=0)
+    pipe.fit_label_branch(ws, masks, classes, cfg=tiny).save(tmp_path / "b.pt")
+    assert isinstance(load_label_source(tmp_path / "b.pt", pipe.generator_id), LabelBranch)
