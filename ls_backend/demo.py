@@ -97,7 +97,7 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
              seed: int = 0) -> dict:
     from pycocotools.coco import COCO  # noqa: F401 - fail early if the serve extra is missing
 
-    from model.metrics import iou_per_class
+    from model.metrics import iou_per_class, per_class_percent
 
     from .labelstudio import free_port, start_label_studio
 
@@ -218,9 +218,9 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
 
     lm = parse_label_config(CONFIG)
     pred = np.stack([results_to_mask(got[i]["result"], lm, 64, 64) for i in rest])
-    iou = 100 * iou_per_class(pred, masks[n_annotated:], len(CLASSES))
-    miou = float(np.nanmean(iou))
-    per_class = {c: round(float(v), 1) for c, v in zip(CLASSES, iou) if not np.isnan(v)}
+    iou = iou_per_class(pred, masks[n_annotated:], len(CLASSES))
+    miou = 100 * float(np.nanmean(iou))
+    per_class = per_class_percent(iou, list(CLASSES))
     served_by = sorted({got[i].get("model_version") for i in rest})
     print(f"      pre-annotation mIoU against the exact masks: {miou:.1f}% by {', '.join(served_by)}; per class: "
           + ", ".join(f"{c} {v:.0f}" for c, v in per_class.items()))

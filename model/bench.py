@@ -3,6 +3,7 @@ the same process (an fp32 matmul peak), so figures from a busy or different mach
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
@@ -12,6 +13,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+
+def print_json(report: dict, out: str | None = None) -> None:
+    """Print a report as indented JSON and, with ``out``, write the same text there."""
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
 
 
 def _best_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
@@ -138,7 +148,7 @@ def bench_inversion(generator: str | None = None, n_images: int = 32, steps: int
     from .generator.default import load_default_or, load_discriminator_for, load_encoder_for, load_interpreter_for
     from .inversion import DiscriminatorFeatureLoss, images_to_tensor, invert
     from .labeling import label_latents
-    from .metrics import iou_per_class
+    from .metrics import iou_per_class, per_class_percent
 
     G = load_default_or(generator)
     enc = load_encoder_for(G)
@@ -154,9 +164,9 @@ def bench_inversion(generator: str | None = None, n_images: int = 32, steps: int
         res = invert(G, x, encoder=enc, steps=steps, feature_loss=feature_loss)
         row = {"seconds_per_image": round(res.seconds / n_images, 3), "psnr_db": round(float(res.psnr_db.mean()), 2)}
         if interp is not None and interp.cfg.n_classes == len(CLASSES):
-            iou = 100 * iou_per_class(label_latents(G, interp, res.ws)[1].labels, labels, len(CLASSES))
-            row["label_miou"] = round(float(np.nanmean(iou)), 2)
-            row["label_per_class"] = {c: round(float(v), 1) for c, v in zip(CLASSES, iou) if not np.isnan(v)}
+            iou = iou_per_class(label_latents(G, interp, res.ws)[1].labels, labels, len(CLASSES))
+            row["label_miou"] = round(100 * float(np.nanmean(iou)), 2)
+            row["label_per_class"] = per_class_percent(iou, list(CLASSES))
         return row, res
 
     pixel, res = run()

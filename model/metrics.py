@@ -25,6 +25,11 @@ def iou_per_class(pred: np.ndarray, target: np.ndarray, n_classes: int) -> np.nd
     return iou_from_confusion(confusion(pred, target, n_classes))
 
 
+def per_class_percent(iou: np.ndarray, class_names: list[str], digits: int = 1) -> dict[str, float]:
+    """IoU per class in [0, 1] (NaN = class absent) → {class name: IoU %} for the classes present."""
+    return {c: round(100 * float(v), digits) for c, v in zip(class_names, iou) if not np.isnan(v)}
+
+
 def mean_iou(pred: np.ndarray, target: np.ndarray, n_classes: int) -> float:
     """Mean IoU (in [0, 1]) over the classes present, accumulated over the whole set (as PASCAL VOC)."""
     return float(np.nanmean(iou_per_class(pred, target, n_classes)))

@@ -40,7 +40,7 @@ from .interpreter import Interpreter, InterpreterConfig, Prediction
 from .inversion import LatentEncoder, images_to_tensor, invert
 from .label_branch import LabelBranch, LabelBranchConfig, fit_label_branch
 from .labeling import fit_from_latents, label_latents
-from .metrics import confusion, iou_from_confusion
+from .metrics import confusion, iou_from_confusion, per_class_percent
 from .segmenter import IGNORE, Segmenter, pseudo_labels, train_segmenter
 from .synthesis import Sample, generate_chunk, latents_for_seeds
 
@@ -85,8 +85,7 @@ class CrossValidation:
 
 def per_class_iou(cm: np.ndarray, class_names: list[str]) -> dict[str, float]:
     """Confusion matrix [C, C] → {class name: IoU %} for the classes present in it."""
-    iou = iou_from_confusion(cm)
-    return {name: round(100 * float(v), 2) for name, v in zip(class_names, iou) if not math.isnan(v)}
+    return per_class_percent(iou_from_confusion(cm), class_names, digits=2)
 
 
 LABEL_SOURCES = ("interpreter", "label-branch")

@@ -10,11 +10,11 @@ per-class IoU, fit seconds.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
 
+from model.bench import print_json
 from model.domain import CLASSES, render_batch
 from model.label_branch import LabelBranchConfig
 from model.metrics import iou_per_class
@@ -57,11 +57,7 @@ def main() -> None:
                                 "runs": [round(v, 2) for v in m],
                                 "per_class": {c: round(float(v), 1) for c, v in zip(classes, pc)},
                                 "fit_s_mean": round(float(np.mean([r["fit_s"] for r in runs])), 1)}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    print_json(out, a.out)
 
 
 if __name__ == "__main__":

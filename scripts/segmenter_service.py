@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import threading
@@ -26,9 +25,10 @@ from ls_backend.app import create_app
 from ls_backend.backend import Backend
 from ls_backend.brush import parse_label_config, results_to_mask
 from ls_backend.config import Settings
+from model.bench import print_json
 from model.domain import CLASSES, render_batch
 from model.images import png_data_uri
-from model.metrics import iou_per_class
+from model.metrics import iou_per_class, per_class_percent
 
 CONFIG = ('<View><Image name="image" value="$image"/><BrushLabels name="parts" toName="image">'
           + "".join(f'<Label value="{c}"/>' for c in CLASSES[1:]) + "</BrushLabels></View>")
@@ -84,21 +84,17 @@ def main() -> None:
     server.shutdown()
 
     pred = np.stack([results_to_mask(e["result"], label_map, 64, 64) for e in entries])
-    iou = 100 * iou_per_class(pred, masks, len(CLASSES))
+    iou = iou_per_class(pred, masks, len(CLASSES))
     single.sort()
     out = {"segmenter_job_s": round(job_s, 1), "job": job,
            "model_versions": sorted({e["model_version"] for e in entries}),
            "predict_one_task_ms_p50": round(statistics.median(single), 1),
            "predict_one_task_ms_p90": round(single[int(0.9 * len(single))], 1),
            "predict_page_of_32_ms_per_task": round(page_ms, 1), "n_test": a.n_test,
-           "served_miou": round(float(np.nanmean(iou)), 2),
-           "served_per_class": {c: round(float(v), 1) for c, v in zip(CLASSES, iou) if not np.isnan(v)},
+           "served_miou": round(100 * float(np.nanmean(iou)), 2),
+           "served_per_class": per_class_percent(iou, list(CLASSES)),
            "over": "HTTP to a local werkzeug server (threaded), 64 px data-URI images"}
-    text = json.dumps(out, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    print_json(out, a.out)
 
 
 if __name__ == "__main__":
