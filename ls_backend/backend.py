@@ -282,11 +282,13 @@ class Backend:
         cv = {c: self.pipeline.cross_validate(ws, masks, classes, source=c, images=images) for c in candidates}
         return max(cv, key=lambda c: cv[c].miou), cv
 
-    def train_segmenter(self, project: int, version: int) -> dict:
+    def train_segmenter(self, project: int, version: int, should_stop=None) -> dict:
         """Train the segmenter of fitted version N from the images it was fitted on (minutes; no lock
         needed: it writes only its own file). Skipped when a newer version exists (its own job trains it)
-        or when the segmenter is already there. Returns a summary."""
+        or when the segmenter is already there; stopped, without writing anything, as soon as
+        ``should_stop()`` answers True (the worker's job asks whether a fit is waiting). Returns a summary."""
         from model.pipeline import SegmenterRecipe
+        from model.segmenter import TrainingStopped
 
         name = segmenter_version_name(version)
         if self.store.latest_version(project) > version:
@@ -306,8 +308,12 @@ class Backend:
             _, interp = self.interpreter(project)
             class_names = interp.class_names
         recipe = SegmenterRecipe.quick() if self.settings.segmenter_recipe == "quick" else SegmenterRecipe()
-        seg = self.pipeline.train_segmenter(images, masks, class_names, recipe, seed=version,
-                                            log=lambda m: log.info("project %s %s: %s", project, name, m))
+        try:
+            seg = self.pipeline.train_segmenter(images, masks, class_names, recipe, seed=version,
+                                                log=lambda m: log.info("project %s %s: %s", project, name, m),
+                                                should_stop=should_stop)
+        except TrainingStopped as e:
+            return {"model_version": name, "stopped": f"a fit is waiting; it queues the segmenter again ({e})"}
         seg.meta.update({"model_version": name, "trained_after": model_version_name(version)})
         seg.save(path)
         return {"model_version": name, "seconds": seg.meta["seconds"], "n_real": seg.meta["n_real"]}

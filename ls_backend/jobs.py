@@ -143,8 +143,18 @@ def fit_project(project: int) -> dict:
 
 def train_segmenter(project: int, version: int) -> dict:
     """RQ job: train the segmenter of fitted version N (see ``Backend.train_segmenter``). It holds no
-    lock: it reads version N's saved training images and writes only its own file, atomically."""
-    return {"project": project, **get_backend().train_segmenter(project, version)}
+    lock: it reads version N's saved training images and writes only its own file, atomically. It makes
+    way for fits: when a training event arrives it stops within a few steps, and the fit (new version
+    or unchanged) queues it again, so a fit never waits minutes behind it."""
+    backend = get_backend()
+    conn = redis_from_settings(backend.settings)
+    keys = backend.settings.keys
+
+    def fit_waiting() -> bool:
+        # A training event not yet fitted: the fit goes first; fit_project queues this job again after it.
+        return int(conn.get(keys.event_seq(project)) or 0) > int(conn.get(keys.fitted_seq(project)) or 0)
+
+    return {"project": project, **backend.train_segmenter(project, version, should_stop=fit_waiting)}
 
 
 def enqueue_segmenter(settings: Settings, conn: Redis, project: int, version: int) -> str | None:

@@ -237,19 +237,22 @@ class Pipeline:
     # -- the segmenter that pre-annotates -----------------------------------------------------------
     def train_segmenter(self, images: np.ndarray, masks: np.ndarray, class_names: list[str],
                         recipe: SegmenterRecipe | None = None, seed: int = 0, teacher: Segmenter | None = None,
-                        log: Callable[[str], None] = lambda _m: None) -> Segmenter:
+                        log: Callable[[str], None] = lambda _m: None,
+                        should_stop: Callable[[], bool] | None = None) -> Segmenter:
         """Labeled real images uint8 [N, R, R, 3] and masks uint8 [N, R, R] → a :class:`Segmenter`.
 
         Teacher on the real images → pseudo-labels for ``recipe.pool`` generator samples → student on
         both (see :class:`SegmenterRecipe`). ``teacher``: one already trained on these images with this
-        recipe (skips that step). ``meta`` records timings and how much of the pool was used."""
+        recipe (skips that step). ``meta`` records timings and how much of the pool was used.
+        ``should_stop`` is asked every few steps; True ends training with
+        :class:`~model.segmenter.TrainingStopped`."""
         r = recipe or SegmenterRecipe()
         n_cls = len(class_names)
         t0 = time.time()
         meta: dict = {"n_real": int(len(images)), "recipe": dict(r.__dict__)}
         if teacher is None:
             trained = train_segmenter(images, masks, n_cls, steps=r.teacher_steps, batch=r.batch, base=r.base, lr=r.lr,
-                                      seed=seed)
+                                      seed=seed, should_stop=should_stop)
             teacher = Segmenter(trained.model, class_names, self.generator_id)
             meta["teacher_seconds"] = round(trained.seconds, 1)
             log(f"teacher trained in {trained.seconds:.0f} s")
@@ -261,7 +264,7 @@ class Pipeline:
             meta["pool_ignored_frac"] = round(float((labels == IGNORE).mean()), 4)
             student = train_segmenter(images, masks, n_cls, steps=r.student_steps, batch=r.batch, base=r.base, lr=r.lr,
                                       seed=seed, extra_images=pool, extra_labels=labels, real_fraction=r.real_fraction,
-                                      extra_cutmix=r.cutmix)
+                                      extra_cutmix=r.cutmix, should_stop=should_stop)
             log(f"student trained in {student.seconds:.0f} s on {len(images)} real + {len(pool)} synthetic")
             meta["student_seconds"] = round(student.seconds, 1)
             model = student.model

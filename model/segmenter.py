@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,11 @@ class SegTrainResult:
 
 
 IGNORE = 255   # label value of pixels that carry no training signal (e.g. doubtful pseudo-labels)
+STOP_CHECK_EVERY = 25   # steps between two calls of train_segmenter's should_stop
+
+
+class TrainingStopped(Exception):
+    """``should_stop`` asked a training to end early (e.g. a newer fit is waiting); nothing was produced."""
 
 
 def class_weights(labels: torch.Tensor, n_classes: int, mode: str = "sqrt") -> torch.Tensor | None:
@@ -153,7 +159,7 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, step
                     desc: str = "unet", class_weighting: str = "sqrt", shift_px: int = 4, jitter: float = 0.2,
                     extra_images: np.ndarray | None = None, extra_labels: np.ndarray | None = None,
                     real_fraction: float = 0.5, init: UNet | None = None,
-                    extra_cutmix: bool = False) -> SegTrainResult:
+                    extra_cutmix: bool = False, should_stop: Callable[[], bool] | None = None) -> SegTrainResult:
     """Train a U-Net with class-weighted cross-entropy, AdamW, a one-cycle schedule and augmentation
     (:func:`augment`). The same recipe trains every U-Net of the product and of its baselines.
 
@@ -162,7 +168,9 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, step
     each batch then draws ``real_fraction`` of its images from the first set and the rest from it.
     init: start from this model's weights (same architecture) instead of a random initialisation.
     extra_cutmix: mix the second set's images in pairs (:func:`cutmix`), a strong augmentation that
-    keeps a student from merely copying its teacher's pseudo-labels."""
+    keeps a student from merely copying its teacher's pseudo-labels.
+    should_stop: asked every ``STOP_CHECK_EVERY`` steps; when it answers True, :class:`TrainingStopped`
+    is raised (a job makes way for a fit instead of delaying it by minutes)."""
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need the same non-zero number of images and labels, got {len(images)} and {len(labels)}")
     for name, lab in (("labels", labels), ("extra_labels", extra_labels)):
@@ -191,7 +199,9 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, step
         weight = class_weights(y_all, n_classes, class_weighting)
     t0 = time.time()
     loss_val = float("nan")
-    for _ in tqdm(range(steps), disable=not progress, desc=desc, unit="step"):
+    for step in tqdm(range(steps), disable=not progress, desc=desc, unit="step"):
+        if should_stop is not None and step % STOP_CHECK_EVERY == 0 and should_stop():
+            raise TrainingStopped(f"stopped at step {step} of {steps}")
         idx = torch.randint(0, len(x_all), (n_real,), generator=g)
         x, y = x_all[idx], y_all[idx]
         if has_extra and n_real < batch:

@@ -234,6 +234,9 @@ def test_segmenter_trained_after_a_fit_serves_predict(env):
     np.savez_compressed(backend.store.training_data_path(7, 1), images=images, masks=masks)
     backend.settings.segmenter_recipe = "quick"
     assert "no training data" in backend.train_segmenter(7, 2)["skipped"]
+    # A fit waiting (should_stop answers True) stops the job at once, with nothing written.
+    stopped = backend.train_segmenter(7, 1, should_stop=lambda: True)
+    assert "a fit is waiting" in stopped["stopped"] and not backend.store.segmenter_path(7, 1).exists()
     made = backend.train_segmenter(7, 1)
     assert made["model_version"] == "dgan-v1-segmenter" and made["n_real"] == 8
     assert backend.train_segmenter(7, 1)["skipped"] == "already trained"

@@ -110,3 +110,38 @@ def test_installations_with_different_prefixes_share_a_redis_without_touching_ea
     assert backend.calls == 1 and int(conn.get(settings.keys.fitted_seq(4))) == 2
     assert {k: conn.dump(k) for k in conn.keys("dgan-other*")} == before
     assert jobs.queue(other, conn).count == 0
+
+
+class SegmenterBackend(RecordingBackend):
+    """fit returns a version; train_segmenter records whether its should_stop saw a waiting fit."""
+
+    def __init__(self, settings, conn):
+        super().__init__(settings, conn)
+        self.stop_answers = []
+
+    def fit(self, project):
+        self.calls += 1
+        return {"model_version": f"dgan-v{self.calls}", "version": self.calls}
+
+    def train_segmenter(self, project, version, should_stop=None):
+        self.stop_answers.append(should_stop())
+        return {"model_version": f"dgan-v{version}-segmenter"}
+
+
+def test_a_fit_queues_the_segmenter_which_makes_way_for_waiting_fits(setup):
+    settings, conn, mp = setup
+    K = settings.keys
+    backend = SegmenterBackend(settings, conn)
+    mp.setattr(jobs, "_backend", backend)
+    conn.set(K.event_seq(6), 2)
+    q = jobs.queue(settings, conn)
+    before = q.count
+    jobs.fit_project(6)
+    queued = q.jobs[-1]
+    assert q.count == before + 1 and queued.func_name == "ls_backend.jobs.train_segmenter" and queued.args == (6, 1)
+    assert jobs.train_segmenter(6, 1)["model_version"] == "dgan-v1-segmenter"
+    conn.incr(K.event_seq(6))                          # an annotation arrives: the segmenter job yields
+    jobs.train_segmenter(6, 1)
+    assert backend.stop_answers == [False, True]
+    settings.segmenter_recipe = "off"
+    assert jobs.enqueue_segmenter(settings, conn, 6, 1) is None
