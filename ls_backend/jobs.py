@@ -93,6 +93,11 @@ class _Heartbeat:
         self.stop.set()
 
 
+def fit_pending(conn: Redis, keys: RedisKeys, project: int) -> bool:
+    """A training event of the project that no fit has covered yet (event_seq ahead of fitted_seq)."""
+    return int(conn.get(keys.event_seq(project)) or 0) > int(conn.get(keys.fitted_seq(project)) or 0)
+
+
 def fit_project(project: int) -> dict:
     """RQ job: fit until the project's fitted_seq has caught up with its event_seq."""
     backend = get_backend()
@@ -103,7 +108,7 @@ def fit_project(project: int) -> dict:
     fits: list[dict] = []
 
     def behind() -> bool:
-        return int(conn.get(keys.event_seq(project)) or 0) > int(conn.get(keys.fitted_seq(project)) or 0)
+        return fit_pending(conn, keys, project)
 
     while True:
         if not lock.acquire(blocking=False):
@@ -150,11 +155,9 @@ def train_segmenter(project: int, version: int) -> dict:
     conn = redis_from_settings(backend.settings)
     keys = backend.settings.keys
 
-    def fit_waiting() -> bool:
-        # A training event not yet fitted: the fit goes first; fit_project queues this job again after it.
-        return int(conn.get(keys.event_seq(project)) or 0) > int(conn.get(keys.fitted_seq(project)) or 0)
-
-    return {"project": project, **backend.train_segmenter(project, version, should_stop=fit_waiting)}
+    # A training event not yet fitted: the fit goes first; fit_project queues this job again after it.
+    return {"project": project, **backend.train_segmenter(
+        project, version, should_stop=lambda: fit_pending(conn, keys, project))}
 
 
 def enqueue_segmenter(settings: Settings, conn: Redis, project: int, version: int) -> str | None:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .interpreter import Prediction
 
 
 @dataclass
@@ -258,16 +259,6 @@ def embed(model: UNet, images: np.ndarray, batch: int = 128) -> np.ndarray:
     return torch.cat([model.embed(to_input(images[i:i + batch])) for i in range(0, len(images), batch)]).double().numpy()
 
 
-@dataclass
-class SegPrediction:
-    """Segmenter output for N images of H×W pixels (same fields as the interpreter's ``Prediction``)."""
-
-    labels: np.ndarray          # uint8 [N, H, W] argmax of the flip-averaged probabilities
-    probs: np.ndarray           # float32 [N, C, H, W]
-    uncertainty: np.ndarray     # float32 [N, H, W] entropy of probs, in [0, log C]
-    score: np.ndarray           # float32 [N] mean of the top-10 % pixel entropies (higher = less certain)
-
-
 class Segmenter:
     """A trained U-Net plus what it belongs to: the class names and the generator whose project fitted it."""
 
@@ -279,14 +270,16 @@ class Segmenter:
         self.generator_id, self.meta = generator_id, meta or {}
 
     @torch.no_grad()
-    def label(self, images: np.ndarray, batch: int = 64) -> SegPrediction:
-        """uint8 images [N, H, W, 3] (H, W divisible by 16) → :class:`SegPrediction`."""
+    def label(self, images: np.ndarray, batch: int = 64) -> Prediction:
+        """uint8 images [N, H, W, 3] (H, W divisible by 16) → :class:`~model.interpreter.Prediction`;
+        uncertainty: per-pixel entropy of the probabilities, in [0, log C]; score: mean of the top-10 %
+        pixel entropies."""
         probs = predict_probs(self.model, images, batch)
         p = torch.from_numpy(probs)
         ent = -(p * p.clamp_min(1e-12).log()).sum(1)                                 # [N, H, W]
         flat = ent.reshape(len(images), -1)
         top = max(1, int(round(0.1 * flat.shape[1])))
-        return SegPrediction(probs.argmax(1).astype(np.uint8), probs, ent.numpy(),
+        return Prediction(probs.argmax(1).astype(np.uint8), probs, ent.numpy(),
                              flat.topk(top, dim=1).values.mean(1).numpy())
 
     def save(self, path: str | Path) -> Path:
