@@ -240,7 +240,8 @@ class Backend:
                 log.warning("project %s task %s skipped: %s", project, task.get("id"), e)
                 continue
             if not mask.any():
-                log.warning("project %s task %s skipped: its annotation paints no brush label", project, task.get("id"))
+                log.warning("project %s task %s skipped: its annotation paints no brush or polygon label", project,
+                            task.get("id"))
                 continue
             if mask.shape != item.image.shape[:2]:
                 log.warning("task %s: mask %s does not match image %s; skipped", task["id"], mask.shape, item.image.shape)
@@ -249,7 +250,8 @@ class Backend:
             masks.append(self.pipeline.masks_to_resolution(mask))
             ids.append({"task": item.task_id, "annotation": annotation.get("id")})
         if not items:
-            raise ValueError(f"project {project} has no usable brush annotations yet; annotate at least one task")
+            raise ValueError(f"project {project} has no usable brush or polygon annotations yet; annotate at least "
+                             "one task")
         pipe = self.pipeline
         ws = self.latents(items)
         masks_np = np.stack(masks)

@@ -133,9 +133,17 @@ def _bench_push(a: argparse.Namespace) -> dict[str, Any]:
     return bench_push(a.project, a.n or 500)
 
 
+def _bench_polygons(a: argparse.Namespace) -> dict[str, Any]:
+    """`dgan bench polygons`: IoU of polygon predictions against the masks they are traced from."""
+    from .bench_polygons import bench_polygons
+
+    return bench_polygons(a.n or 200)
+
+
 def _bench_push_options(b: argparse.ArgumentParser) -> None:
     b.add_argument("--project", type=project_id, default=None, help="push: a trained Label Studio project")
-    b.add_argument("--n", type=int, default=None, help="push: tasks per import (default 500)")
+    b.add_argument("--n", type=int, default=None, help="push: tasks per import (default 500); polygons: masks "
+                                                       "(default 200)")
 
 
 def project_id(text: str) -> int:
@@ -153,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dgan", description="DatasetGAN labeling backend for Label Studio")
     sub = p.add_subparsers(dest="command", required=True)
 
-    add_model_commands(sub, extra_benches={"push": _bench_push}, bench_options=_bench_push_options)
+    add_model_commands(sub, extra_benches={"push": _bench_push, "polygons": _bench_polygons},
+                       bench_options=_bench_push_options)
 
     d = sub.add_parser("demo", help="the whole loop in a local Label Studio: annotate, train, pre-annotate, push, "
                                     "export; leaves Label Studio running for review")
