@@ -50,6 +50,10 @@ KINDS: dict[str, Kind] = {
     "unet": Kind("a segmentation U-Net", "trained for", "train one with `dgan train-segmenter --out unet.pt`"),
     "label-branch": Kind("a SemanticGAN label branch", "fitted for",
                          "fit one for this generator (Pipeline.fit_label_branch) on labeled latents"),
+    "refiner": Kind("a SimGAN refiner", "trained for the samples of",
+                    "train one for this generator with `dgan refine train --real FOLDER --out refiner.pt`"),
+    "refiner-state": Kind("a refiner training state", "made for",
+                          "delete it to start the refiner's training afresh"),
     "train-state": Kind("a GAN training state", "made for",
                         "point --out at the run folder that holds it, or start without --resume"),
 }

@@ -1,0 +1,108 @@
+"""SimGAN refiner and domain drift on tiny images (seconds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import CheckpointError
+from model.drift import measure_drift
+from model.refiner import Refiner, RefinerConfig, RefinerNet, structure, train_refiner
+from model.segmenter import TrainingStopped, UNet, UNetConfig, to_input
+
+TINY = dict(channels=8, blocks=1, d_channels=8, batch=8, history=32)
+
+
+def shapes(n: int, seed: int, color: tuple[int, int, int]) -> np.ndarray:
+    """n uint8 16×16 images: a coloured square on grey, at random places."""
+    rng = np.random.default_rng(seed)
+    out = np.full((n, 16, 16, 3), 110, np.uint8)
+    for img in out:
+        y, x = rng.integers(2, 9, size=2)
+        img[y:y + 6, x:x + 6] = color
+    return out
+
+
+def test_untrained_refiner_is_the_identity():
+    imgs = shapes(4, 0, (200, 40, 40))
+    assert np.array_equal(Refiner(RefinerNet(RefinerConfig(**TINY))).refine(imgs), imgs)
+
+
+def test_structure_ignores_contrast_sign_and_hue_but_not_edges():
+    x = to_input(shapes(2, 0, (200, 40, 40)))
+    assert torch.allclose(structure(x), structure(-x), atol=1e-5)
+    assert structure(x).amax() > 0.05 and structure(x)[..., 0, 0].max() < 1e-2     # edges only where the square is
+    moved = torch.roll(x, 3, dims=3)
+    assert (structure(moved) - structure(x)).abs().mean() > 0.01
+
+
+def test_refiner_learns_the_real_colour_and_keeps_the_shapes():
+    syn, real = shapes(64, 0, (40, 40, 200)), shapes(64, 1, (200, 40, 40))   # blue squares → red ones
+    ref = train_refiner(syn, real, RefinerConfig(steps=150, lr=3e-3, self_reg=5.0, **TINY), seed=0)
+    out = ref.refine(syn)
+    square = (syn[..., 2] == 200)
+    red_before, red_after = syn[..., 0][square].mean(), out[..., 0][square].astype(float).mean()
+    assert red_after > red_before + 40, (red_before, red_after)
+    # the square stays where it was: its edges in the refined image are where they were
+    s_in, s_out = structure(to_input(syn)), structure(to_input(out))
+    edges = s_in > 0.1
+    assert s_out[edges].mean() > 3 * s_out[~edges].mean()
+    assert ref.meta["steps"] == 150 and set(ref.meta["final_losses"]) == {"adversarial", "self_reg", "discriminator"}
+
+
+def test_stopped_training_resumes_to_the_same_refiner(tmp_path):
+    syn, real = shapes(32, 0, (40, 40, 200)), shapes(32, 1, (200, 40, 40))
+    cfg = RefinerConfig(steps=60, **TINY)
+    whole = train_refiner(syn, real, cfg, seed=3)
+    state = tmp_path / "r.state"
+    asked = []
+
+    def stop_at_50() -> bool:
+        asked.append(1)
+        return len(asked) >= 2          # checked at steps 25 and 50
+    with pytest.raises(TrainingStopped):
+        train_refiner(syn, real, cfg, seed=3, state_path=state, save_every=10, should_stop=stop_at_50)
+    assert state.exists()
+    resumed = train_refiner(syn, real, cfg, seed=3, state_path=state, save_every=10)
+    assert not state.exists()
+    for a, b in zip(whole.net.state_dict().values(), resumed.net.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(TrainingStopped):
+        train_refiner(syn, real, cfg, seed=3, state_path=state, save_every=10, should_stop=lambda: True)
+    with pytest.raises(ValueError, match="another configuration"):
+        train_refiner(syn, real, RefinerConfig(steps=61, **TINY), seed=3, state_path=state)
+
+
+def test_refiner_checkpoint_round_trip_and_generator_check(tmp_path):
+    ref = Refiner(RefinerNet(RefinerConfig(**TINY)), "gen-a", {"steps": 0})
+    with torch.no_grad():
+        ref.net.head.bias.fill_(0.1)
+    path = ref.save(tmp_path / "ref.pt")
+    back = Refiner.load(path, "gen-a")
+    imgs = shapes(3, 0, (10, 200, 10))
+    assert np.array_equal(back.refine(imgs), ref.refine(imgs)) and back.meta == {"steps": 0}
+    with pytest.raises(CheckpointError, match="gen-a"):
+        Refiner.load(path, "gen-b")
+
+
+def test_refiner_rejects_bad_input():
+    ref = Refiner(RefinerNet(RefinerConfig(**TINY)))
+    with pytest.raises(ValueError, match="uint8 images"):
+        ref.refine(np.zeros((2, 16, 16), np.uint8))
+    with pytest.raises(ValueError, match="0 real"):
+        train_refiner(shapes(2, 0, (1, 2, 3)), np.zeros((0, 16, 16, 3), np.uint8))
+
+
+def test_drift_is_near_its_floor_for_the_same_domain_and_far_for_another():
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(n_classes=3, base=4)).eval()
+    rng = np.random.default_rng(0)
+    same = rng.integers(60, 140, size=(96, 16, 16, 3), dtype=np.uint8)
+    samples = rng.integers(60, 140, size=(192, 16, 16, 3), dtype=np.uint8)
+    other = (255 - rng.integers(0, 80, size=(96, 16, 16, 3))).astype(np.uint8)
+    d_same, d_other = measure_drift(model, same, samples), measure_drift(model, other, samples)
+    assert d_same.n == 96 and not d_same.drifted and d_same.ratio < 3
+    assert d_other.drifted and d_other.ratio > 10 * d_same.ratio
+    with pytest.raises(ValueError, match="at least 8"):
+        measure_drift(model, same[:4], samples)
