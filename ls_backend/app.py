@@ -273,12 +273,17 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         from .backend import segmenter_version_name
 
         store = get_backend().store
-        names = set()
+        names, drift = set(), {}
         for project in store.projects():
             for v in store.versions(project):
                 names.add(model_version_name(v))
                 if store.segmenter_path(project, v).exists():
                     names.add(segmenter_version_name(v))
-        return jsonify({"versions": sorted(names) or [model_version_name(0)]})
+            latest = store.latest_segmenter(project)
+            if latest:   # how far the project's images are from the generator's (model.drift), when measured
+                measured = store.version_meta(project, latest).get("segmenter", {}).get("drift")
+                if measured:
+                    drift[str(project)] = {"model_version": segmenter_version_name(latest), **measured}
+        return jsonify({"versions": sorted(names) or [model_version_name(0)], "drift": drift})
 
     return app

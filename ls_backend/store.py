@@ -7,6 +7,8 @@ Disk layout under ``MODEL_DIR``::
     projects/<id>/interpreters/v0001.json their metadata: training task/annotation ids, CV mIoU, timings
     projects/<id>/interpreters/v0001.train.npz        the labeled images and masks v1 was fitted on
     projects/<id>/interpreters/v0001.segmenter.pt     the segmenter trained on them after the fit
+    projects/<id>/interpreters/v0001.refiner.pt       the SimGAN refiner its student learned from (drifted
+                                                      projects only; .refiner.state while it trains)
     latents/<sha256 of image bytes>.pt    W+ latents of inverted images (shared by all projects)
 
 A version is visible only once both files exist, so a crash mid-write never exposes half a model.
@@ -100,6 +102,19 @@ class ProjectStore:
         """The segmenter trained on version N's labeled images, written atomically when it is ready."""
         return self._dir(project) / f"v{version:04d}.segmenter.pt"
 
+    def refiner_path(self, project: int, version: int) -> Path:
+        """The SimGAN refiner trained with version N's segmenter when the project's images had drifted."""
+        return self._dir(project) / f"v{version:04d}.refiner.pt"
+
+    def refiner_state_path(self, project: int, version: int) -> Path:
+        """The refiner's training state while it trains (a stopped job resumes from it)."""
+        return self._dir(project) / f"v{version:04d}.refiner.state"
+
+    def latest_refiner(self, project: int) -> int:
+        """The newest version with a refiner (0 when none has one)."""
+        ready = [v for v in self.versions(project) if self.refiner_path(project, v).exists()]
+        return ready[-1] if ready else 0
+
     def latest_segmenter(self, project: int) -> int:
         """The newest version whose segmenter is ready (0 when none is)."""
         ready = [v for v in self.versions(project) if self.segmenter_path(project, v).exists()]
@@ -123,6 +138,14 @@ class ProjectStore:
         os.replace(tmp, path)
         self.prune(project)
 
+    def update_version_meta(self, project: int, version: int, extra: dict) -> None:
+        """Merge ``extra`` into version N's metadata (atomically; e.g. its segmenter's drift figures)."""
+        path = self.interpreter_path(project, version).with_suffix(".json")
+        meta = {**json.loads(path.read_text()), **extra}
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, path)
+
     def prune(self, project: int) -> list[int]:
         """Delete all but the newest ``keep_versions`` versions; returns the deleted version numbers."""
         visible = self.versions(project)
@@ -131,7 +154,8 @@ class ProjectStore:
             pt = self.interpreter_path(project, v)
             pt.with_suffix(".json").unlink(missing_ok=True)
             pt.unlink(missing_ok=True)
-            for extra in (self.segmenter_path(project, v), self.training_data_path(project, v)):
+            for extra in (self.segmenter_path(project, v), self.training_data_path(project, v),
+                          self.refiner_path(project, v), self.refiner_state_path(project, v)):
                 extra.unlink(missing_ok=True)
         if visible:   # models a crashed fit wrote without metadata, older than the newest version
             for pt in self._dir(project).glob("v*.pt"):

@@ -20,6 +20,16 @@ Rows:
 - ``unet_5000_real``         the ceiling: a U-Net on 5,000 labeled real images (one run);
 - ``*_shifted``              the same models on the shifted domain variant.
 
+Domain drift (``domain_shift``; models trained with zero shifted labels, ``n_unlabeled_shifted`` unlabeled
+shifted images available, one SimGAN refiner trained on them per table):
+- ``served_pre_annotator_refined[_shifted]`` what ``/predict`` serves for a drifted project: the student
+                             also learns from the refined copy of its pool (:mod:`model.refiner`);
+                             unshifted: the check that the default domain loses nothing;
+- ``unet_refined_synthetic_N_shifted``  a U-Net on N pushed synthetic images, refined (``push --refine``);
+- ``interpreter_ood_inversion_shifted`` the interpreter through inversion *through the refiner*;
+- ``reference_unet_16_shifted_labels_shifted``  what labeling the new domain would give: a U-Net on 16
+                             labeled shifted images (the bar to approach).
+
 Diagnostics, per draw: ``pushed_label_agreement`` (mIoU of the labels ``dgan push`` writes on a pool of
 generator samples against the ceiling U-Net's labels of the same images) and
 ``interpreter_label_agreement`` (the same for the interpreter's labels).
@@ -38,6 +48,7 @@ from .domain import CLASSES, render_batch
 from .label_branch import LabelBranchConfig
 from .metrics import iou_per_class
 from .pipeline import Pipeline, SegmenterRecipe
+from .refiner import Refiner, RefinerConfig, train_refiner
 from .segmenter import Segmenter, predict, train_segmenter
 from .synthesis import keep_most_certain
 
@@ -56,13 +67,17 @@ class QualitySettings:
     members: int = 10
     pool: int = 2000               # generator samples the served segmenter learns from
     branch_steps: int = 600        # label branch training steps
+    domain_shift: bool = True      # the refiner rows (see the module docstring)
+    default_rows: bool = True      # False: only what the domain-shift rows need (few-shot, served, interpreter)
+    n_unlabeled_shifted: int = 5000
+    refiner_steps: int = 1200
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> "QualitySettings":
         return cls(draws=1, n_test=100, synthetic_sizes=(200,), n_ceiling=500, unet_steps=150, ceiling_steps=200,
-                   members=5, pool=200, branch_steps=100)
+                   members=5, pool=200, branch_steps=100, n_unlabeled_shifted=500, refiner_steps=150)
 
     def recipe(self) -> SegmenterRecipe:
         return SegmenterRecipe(teacher_steps=self.unet_steps, student_steps=self.unet_steps * 3 // 2, pool=self.pool)
@@ -84,12 +99,29 @@ def _summ(runs: list[dict], classes: list[str]) -> dict:
     return out
 
 
-def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None) -> dict:
+REFINER_POOL_SEED = 70_000_000    # generator samples the table's refiner trains on
+
+
+def table_refiner(pipe: Pipeline, s: QualitySettings, state_path: str | Path | None = None, log=print) -> Refiner:
+    """The one SimGAN refiner of a table run: the generator's samples → the look of unlabeled shifted images
+    (rendered from seeds disjoint from every test and labeled set); resumable through ``state_path``."""
+    real, _ = render_batch(s.n_unlabeled_shifted, seed=7000 + s.seed, size=pipe.resolution, variant="shifted")
+    pool = pipe.sample_images(list(range(REFINER_POOL_SEED, REFINER_POOL_SEED + s.pool)))
+    recipe = SegmenterRecipe()
+    return train_refiner(pool, real, RefinerConfig(steps=s.refiner_steps, self_reg=recipe.refiner_self_reg),
+                         seed=s.seed, generator_id=pipe.generator_id, state_path=state_path, log=log,
+                         device=pipe.device)
+
+
+def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
+                refiner_state: str | Path | None = None, refiner: Refiner | None = None) -> dict:
     """Run the whole table; returns {"settings", "methods": {name: {miou_mean, miou_std, runs, per_class,
     diff_vs_few_shot_*}}, "diagnostics", "seconds", "complete"}.
 
     ``on_partial(report)``, if given, receives the table so far after the ceiling and after every draw
-    (an hour-long run leaves its finished draws behind when it is stopped)."""
+    (an hour-long run leaves its finished draws behind when it is stopped). ``refiner_state``: where the
+    domain-shift refiner's training state is kept (a stopped run resumes its refiner); ``refiner``: one
+    already trained on unlabeled shifted images (e.g. by ``dgan refine train``) instead of training it."""
     t0 = time.time()
     res, classes = pipe.resolution, list(CLASSES)
     n_cls = len(classes)
@@ -98,12 +130,23 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None) 
     log(f"inverting {2 * s.n_test} test images ...")
     test_ws = pipe.invert(test_img, s.inversion_steps)[0]
     sh_ws = pipe.invert(sh_img, s.inversion_steps)[0]
+    sh_ws_ood, unlabeled_sh = None, None
+    if not s.domain_shift:
+        refiner = None
+    else:
+        if refiner is None:
+            log("training the refiner on unlabeled shifted images ...")
+            refiner = table_refiner(pipe, s, refiner_state, log)
+        log(f"refiner: {refiner.meta}")
+        sh_ws_ood = pipe.invert(sh_img, s.inversion_steps, refiner=refiner)[0]
+        unlabeled_sh = render_batch(min(500, s.n_unlabeled_shifted), seed=7000 + s.seed, size=res, variant="shifted")[0]
     scores: dict[str, list[dict]] = {}
     diagnostics: dict[str, list[dict]] = {}
     baseline: dict[str, float] = {}
 
     def report(done: bool) -> dict:
         return {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
+                "refiner": None if refiner is None else refiner.meta,
                 "classes": classes, "unet_recipe": _RECIPE_TEXT,
                 "methods": {k: _summ(v, classes) for k, v in scores.items()},
                 "diagnostics": {k: _summ(v, classes) for k, v in diagnostics.items()},
@@ -118,9 +161,11 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None) 
             {"miou": miou, "per_class": iou.tolist(), "diff": diff})
         log(f"  {name}: {miou:.2f}" + ("" if diff is None else f" ({diff:+.2f} vs few-shot U-Net)"))
 
-    log("ceiling")
-    ceil_img, ceil_lab = render_batch(s.n_ceiling, seed=3000 + s.seed, size=res)
-    ceiling = train_segmenter(ceil_img, ceil_lab, n_cls, steps=s.ceiling_steps).model
+    ceiling = None
+    if s.default_rows:
+        log("ceiling")
+        ceil_img, ceil_lab = render_batch(s.n_ceiling, seed=3000 + s.seed, size=res)
+        ceiling = train_segmenter(ceil_img, ceil_lab, n_cls, steps=s.ceiling_steps).model
     if on_partial is not None:
         on_partial(report(False))
 
@@ -132,8 +177,9 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None) 
         baseline["shifted"] = 100 * float(np.nanmean(iou_per_class(predict(few, sh_img), sh_lab, n_cls)))
         add(f"unet_{s.n_labeled}_real", predict(few, test_img), test_lab)
         add(f"unet_{s.n_labeled}_real_shifted", predict(few, sh_img), sh_lab)
-        add(f"unet_{s.n_ceiling}_real", predict(ceiling, test_img), test_lab)
-        add(f"unet_{s.n_ceiling}_real_shifted", predict(ceiling, sh_img), sh_lab)
+        if ceiling is not None:
+            add(f"unet_{s.n_ceiling}_real", predict(ceiling, test_img), test_lab)
+            add(f"unet_{s.n_ceiling}_real_shifted", predict(ceiling, sh_img), sh_lab)
 
         served = pipe.train_segmenter(lab_img, lab_lab, classes, s.recipe(), seed=draw,
                                       teacher=Segmenter(few, classes, pipe.generator_id), log=log)
@@ -144,6 +190,13 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None) 
         interp = pipe.fit(lab_ws, lab_lab, classes, members=s.members, seed=draw)
         add("interpreter_inversion", pipe.label(interp, test_ws)[1].labels, test_lab)
         add("interpreter_inversion_shifted", pipe.label(interp, sh_ws)[1].labels, sh_lab)
+        if refiner is not None:
+            _domain_shift_rows(pipe, s, draw, refiner, few, interp, sh_ws_ood, unlabeled_sh, lab_img, lab_lab,
+                               test_img, test_lab, sh_img, sh_lab, add, log)
+        if not s.default_rows:
+            if on_partial is not None:
+                on_partial(report(False))
+            continue
         branch = pipe.fit_label_branch(lab_ws, lab_lab, classes, lab_img,
                                        LabelBranchConfig(n_classes=len(classes), steps=s.branch_steps), seed=draw)
         add("label_branch_inversion", pipe.label(branch, test_ws)[1].labels, test_lab)
@@ -168,6 +221,29 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None) 
         if on_partial is not None:
             on_partial(report(False))
     return report(True)
+
+
+def _domain_shift_rows(pipe: Pipeline, s: QualitySettings, draw: int, refiner: Refiner, few, interp, sh_ws_ood,
+                       unlabeled_sh: np.ndarray, lab_img: np.ndarray, lab_lab: np.ndarray, test_img: np.ndarray,
+                       test_lab: np.ndarray, sh_img: np.ndarray, sh_lab: np.ndarray, add, log) -> None:
+    """The rows of one draw that answer domain drift (module docstring); zero shifted labels except the
+    reference row's."""
+    classes, n_cls = list(CLASSES), len(CLASSES)
+    ref_img, ref_lab = render_batch(s.n_labeled, seed=2000 + s.seed, size=pipe.resolution, start=draw * s.n_labeled,
+                                    variant="shifted")
+    reference = train_segmenter(ref_img, ref_lab, n_cls, steps=s.unet_steps, seed=draw).model
+    add(f"reference_unet_{s.n_labeled}_shifted_labels_shifted", predict(reference, sh_img), sh_lab)
+    served = pipe.train_segmenter(lab_img, lab_lab, classes, s.recipe(), seed=draw, refiner=refiner,
+                                  unlabeled=unlabeled_sh, teacher=Segmenter(few, classes, pipe.generator_id), log=log)
+    add("served_pre_annotator_refined", served.label(test_img).labels, test_lab)
+    add("served_pre_annotator_refined_shifted", served.label(sh_img).labels, sh_lab)
+    add("interpreter_ood_inversion_shifted", pipe.label(interp, sh_ws_ood)[1].labels, sh_lab)
+    n_syn = min(s.synthetic_sizes)
+    seeds = list(range(draw * 10**6, draw * 10**6 + int(n_syn / (1 - s.filter_frac) + 0.5)))
+    samples = keep_most_certain(pipe.synthesize(seeds, segmenter=served), s.filter_frac)[:n_syn]
+    refined = refiner.refine(np.stack([x.image for x in samples]))
+    model = train_segmenter(refined, np.stack([x.labels for x in samples]), n_cls, steps=s.unet_steps, seed=draw).model
+    add(f"unet_refined_synthetic_{n_syn}_shifted", predict(model, sh_img), sh_lab)
 
 
 _RECIPE_TEXT = ("U-Net base 16, 4 levels; AdamW one-cycle lr 2e-3, batch 16; cross-entropy with 1/sqrt(frequency) "

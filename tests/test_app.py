@@ -60,7 +60,7 @@ def test_health_setup_versions(env):
     assert r.status_code == 200 and r.get_json() == {"model_version": "dgan-untrained"}
     bad = client.post("/setup", json={"project": "7.1", "schema": '<View><Text name="t" value="$t"/></View>'})
     assert bad.status_code == 400 and "no <BrushLabels>" in bad.get_json()["error"]
-    assert client.get("/versions").get_json() == {"versions": ["dgan-untrained"]}
+    assert client.get("/versions").get_json() == {"versions": ["dgan-untrained"], "drift": {}}
 
 
 def test_webhook_records_events_and_queues_one_fit_at_a_time(env):
@@ -160,7 +160,7 @@ def test_predict_untrained_then_trained(env):
     assert len(latents) == 1
     cached = torch.load(latents[0], weights_only=True)["ws"]
     assert np.array_equal(decoded[5], label_latents(G, interp, cached[None])[1].labels[0])
-    assert client.get("/versions").get_json() == {"versions": ["dgan-v1"]}
+    assert client.get("/versions").get_json() == {"versions": ["dgan-v1"], "drift": {}}
 
     # A foreign-host image gets an entry without "result" (Label Studio stores nothing and asks again
     # later), the others are answered in order.
@@ -240,7 +240,7 @@ def test_segmenter_trained_after_a_fit_serves_predict(env):
     made = backend.train_segmenter(7, 1)
     assert made["model_version"] == "dgan-v1-segmenter" and made["n_real"] == 8
     assert backend.train_segmenter(7, 1)["skipped"] == "already trained"
-    assert client.get("/versions").get_json() == {"versions": ["dgan-v1", "dgan-v1-segmenter"]}
+    assert client.get("/versions").get_json() == {"versions": ["dgan-v1", "dgan-v1-segmenter"], "drift": {}}
     assert client.post("/setup", json={"project": "7.1", "schema": CONFIG}).get_json() == {
         "model_version": "dgan-v1-segmenter"}
 
@@ -262,3 +262,31 @@ def test_segmenter_trained_after_a_fit_serves_predict(env):
     assert "a newer version exists" in backend.train_segmenter(7, 1)["skipped"]
     assert {e["model_version"] for e in client.post("/predict", json=body).get_json()["results"]} == {
         "dgan-v1-segmenter"}
+
+
+def test_a_drifted_project_gets_a_refiner_and_reports_its_drift(env):
+    """The segmenter job reads the project's task images (here: given directly, Label Studio being
+    unreachable in this suite; tests/e2e read them from a real one), measures their drift and, as they
+    are far from the generator's samples, trains a refiner whose figures reach the fit report and /versions."""
+    from model.domain import render_batch
+    from model.refiner import Refiner
+    from model.synthesis import latents_for_seeds
+
+    _, backend, client, _ = env
+    G = backend.generator
+    ws = latents_for_seeds(G, list(range(20, 28)))
+    masks = _fit_version(backend, 7, ws)
+    np.savez_compressed(backend.store.training_data_path(7, 1), images=to_uint8(G.synthesis(ws)), masks=masks)
+    backend.settings.segmenter_recipe = "quick"
+    assert backend.project_images(7, 50) is None          # Label Studio unreachable: no drift, no failure
+    drifted = 255 - render_batch(40, seed=3, size=G.cfg.resolution, variant="shifted")[0]
+    backend.project_images = lambda project, limit: drifted[:limit]
+    made = backend.train_segmenter(7, 1)
+    assert made["drift"]["drifted"] and made["drift"]["n"] == 16 and made["refiner"]["n_real"] == 40
+    refiner = Refiner.load(backend.store.refiner_path(7, 1), backend.generator_id)
+    assert refiner.meta["steps"] == 20 and backend.store.latest_refiner(7) == 1
+    assert backend.store.version_meta(7, 1)["segmenter"]["drift"] == made["drift"]
+    assert client.get("/versions").get_json()["drift"] == {"7": {"model_version": "dgan-v1-segmenter", **made["drift"]}}
+    backend.settings.refine = "never"
+    backend.store.segmenter_path(7, 1).unlink()
+    assert "drift" not in backend.train_segmenter(7, 1)

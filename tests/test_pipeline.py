@@ -148,3 +148,36 @@ def test_label_source_cross_validation_and_loading_either_kind(pipe, tmp_path):
     tiny = LabelBranchConfig(n_classes=2, steps=2, members=1, hidden=4, adv_weight=0)
     pipe.fit_label_branch(ws, masks, classes, cfg=tiny).save(tmp_path / "b.pt")
     assert isinstance(load_label_source(tmp_path / "b.pt", pipe.generator_id), LabelBranch)
+
+
+def test_segmenter_measures_drift_and_learns_from_refined_samples_when_the_project_drifted(pipe, tmp_path):
+    images, parts = render_batch(12, seed=0, size=32)
+    masks = np.where(parts == 0, 0, np.where(parts == 9, 1, 2)).astype(np.uint8)
+    same = pipe.sample_images(list(range(1000, 1024)))
+    drifted = 255 - render_batch(24, seed=5, size=32, variant="shifted")[0]
+    quick = dict(teacher_steps=30, student_steps=10, pool=48, batch=4, base=4, lr=1e-2, refiner_steps=10)
+    seg = pipe.train_segmenter(images, masks, CLASSES, SegmenterRecipe(**quick), unlabeled=same)
+    assert not seg.meta["drift"]["drifted"] and seg.refiner is None and "refiner" not in seg.meta
+    seg = pipe.train_segmenter(images, masks, CLASSES, SegmenterRecipe(**quick), unlabeled=drifted,
+                               refiner_state=tmp_path / "r.state")
+    d = seg.meta["drift"]
+    assert d["drifted"] and d["ratio"] > 3 and d["n"] == 24
+    assert seg.refiner is not None and seg.meta["refiner"]["steps"] == 10 and seg.meta["refiner"]["n_real"] == 24
+    assert not (tmp_path / "r.state").exists()          # a finished training leaves no state behind
+    never = pipe.train_segmenter(images, masks, CLASSES, SegmenterRecipe(**quick, refine="never"), unlabeled=drifted)
+    assert never.refiner is None and "drift" not in never.meta
+    with pytest.raises(ValueError, match="refine must be"):
+        SegmenterRecipe(refine="sometimes")
+
+
+def test_inversion_through_a_refiner_finds_drifted_images_better(pipe):
+    from model.refiner import Refiner, RefinerConfig, RefinerNet
+
+    net = RefinerNet(RefinerConfig(channels=4, blocks=1))
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([1.2, -0.8, 0.6]))          # a strong, known recolouring
+    refiner = Refiner(net.eval())
+    drifted = refiner.refine(pipe.sample_images([11, 12, 13, 14]))
+    _, plain = pipe.invert(drifted, steps=40)
+    _, through = pipe.invert(drifted, steps=40, refiner=refiner)
+    assert through.mean() > plain.mean() + 2, (through, plain)       # dB

@@ -12,13 +12,17 @@ from .conftest import tiny_generator
 def test_quality_table_reports_per_class_and_differences_to_the_few_shot_unet(tmp_path):
     pipe = Pipeline(tiny_generator(), None, inversion_steps=2)
     s = QualitySettings(draws=2, n_test=6, synthetic_sizes=(8,), n_ceiling=8, unet_steps=3, ceiling_steps=3,
-                        inversion_steps=2, members=2, n_labeled=4, pool=6, branch_steps=3)
+                        inversion_steps=2, members=2, n_labeled=4, pool=6, branch_steps=3, n_unlabeled_shifted=12,
+                        refiner_steps=3)
     partial = []
     report = run_quality(pipe, s, log=lambda m: None, on_partial=partial.append)
     methods = report["methods"]
     assert report["complete"] and len(partial) == 3          # after the ceiling and after each draw
     for name in ("unet_4_real", "served_pre_annotator", "served_pre_annotator_shifted", "interpreter_inversion",
-                 "interpreter_inversion_shifted", "label_branch_inversion", "unet_synthetic_8", "unet_synthetic_8_shifted", "unet_8_real"):
+                 "interpreter_inversion_shifted", "label_branch_inversion", "unet_synthetic_8", "unet_synthetic_8_shifted",
+                 "unet_8_real", "served_pre_annotator_refined", "served_pre_annotator_refined_shifted",
+                 "interpreter_ood_inversion_shifted", "unet_refined_synthetic_8_shifted",
+                 "reference_unet_4_shifted_labels_shifted"):
         m = methods[name]
         assert len(m["runs"]) == 2, name
         assert list(m["per_class"]) == list(CLASSES), name
@@ -37,3 +41,16 @@ def test_quality_table_reports_per_class_and_differences_to_the_few_shot_unet(tm
     assert "| pushed_label_agreement (diagnostic) |" in md
     js, _ = write(report, tmp_path)
     assert json.loads(js.read_text())["methods"]["served_pre_annotator"]["runs"] == served["runs"]
+
+
+def test_the_domain_shift_rows_alone_skip_the_ceiling_and_the_default_extras():
+    pipe = Pipeline(tiny_generator(), None, inversion_steps=2)
+    s = QualitySettings(draws=1, n_test=6, synthetic_sizes=(8,), n_ceiling=8, unet_steps=3, ceiling_steps=3,
+                        inversion_steps=2, members=2, n_labeled=4, pool=6, branch_steps=3, n_unlabeled_shifted=12,
+                        refiner_steps=3, default_rows=False)
+    methods = run_quality(pipe, s, log=lambda m: None)["methods"]
+    shifted = sorted(m for m in methods if m.endswith("shifted"))
+    assert "served_pre_annotator_refined_shifted" in shifted and "reference_unet_4_shifted_labels_shifted" in shifted
+    assert "unet_8_real" not in methods and "label_branch_inversion" not in methods and "unet_synthetic_8" not in methods
+    for name in shifted:
+        assert {"miou_mean", "miou_std", "per_class"} <= set(methods[name]), name
