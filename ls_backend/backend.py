@@ -57,6 +57,7 @@ class Backend:
         self._lock = threading.Lock()
         self._interpreters: dict[int, tuple[int, object]] = {}
         self._segmenters: dict[int, tuple[int, object]] = {}
+        self._labeled: dict[tuple, np.ndarray | None] = {}   # labeled_embeddings per (project, version, kind)
 
     # -- lazily loaded, cached models -----------------------------------------------------------
     @cached_property
@@ -154,30 +155,74 @@ class Backend:
 
     def predict_items(self, project: int, items: list[TaskImage], label_map: LabelMap) -> list[dict]:
         """Prediction entries {result, score, model_version} for decoded task images: by the newest ready
-        segmenter whose labels match the config, else by the newest interpreter through inversion."""
+        segmenter whose labels match the config, else by the newest interpreter through inversion. ``score``
+        ranks the value of labeling the task (model.labeling_order): ascending = label first."""
+        from model.labeling_order import labeling_score, novelty
+
+        scored = self.score_items(project, items, label_map)
+        if scored is None:
+            return [untrained_entry() for _ in items]
+        name, pred, cert, emb, labeled = scored
+        scores = labeling_score(cert, novelty(emb, labeled) if labeled is not None else None)
+        entries = []
+        for it, labels, score in zip(items, pred.labels, scores):
+            labels = self.pipeline.masks_to_size(labels, *it.image.shape[:2])
+            results = mask_to_results(labels, label_map)
+            validate_results(results, label_map)   # Label Studio accepts anything; we do not send anything
+            entries.append({"result": results, "score": round(float(score), 4), "model_version": name})
+        return entries
+
+    def score_items(self, project: int, items: list[TaskImage], label_map: LabelMap):
+        """What the labeling order is computed from (model.labeling_order), or None before the first fit:
+        (model_version, Prediction, certainty float64 [N] in [0, 1], the items' embeddings [N, D] and the
+        labeled images' [M, D] in the serving model's space — both None when novelty is not measured)."""
+        from model.labeling_order import image_embeddings, latent_embeddings
+
         pipe = self.pipeline
         seg_version, seg = self.segmenter(project)
         if seg is not None and seg.class_names == label_map.class_names:
-            pred = seg.label(np.stack([pipe.to_resolution(it.image) for it in items]))
+            images = np.stack([pipe.to_resolution(it.image) for it in items])
+            pred = seg.label(images)
             name = segmenter_version_name(seg_version)
+            labeled = self.labeled_embeddings(project, seg_version, seg)
+            emb = image_embeddings(seg.model, images) if labeled is not None else None
         else:
             version, interp = self.interpreter(project)
             if interp is None:
-                return [untrained_entry() for _ in items]
+                return None
             if interp.class_names != label_map.class_names:
                 raise ValueError(f"model {model_version_name(version)} was fitted for labels {interp.class_names[1:]}, "
                                  f"the project now has {list(label_map.labels)}; train again (POST /api/ml/<id>/train)")
-            pred = pipe.label(interp, self.latents(items))[1]
+            ws = self.latents(items)
+            pred = pipe.label(interp, ws)[1]
             name = model_version_name(version)
-        entries = []
+            labeled = self.labeled_embeddings(project, version)
+            emb = latent_embeddings(ws) if labeled is not None else None
         n_cls = len(label_map.class_names)
-        for it, labels, score in zip(items, pred.labels, pred.score):
-            labels = pipe.masks_to_size(labels, *it.image.shape[:2])
-            results = mask_to_results(labels, label_map)
-            validate_results(results, label_map)   # Label Studio accepts anything; we do not send anything
-            entries.append({"result": results, "score": round(pipe.certainty(float(score), n_cls), 4),
-                            "model_version": name})
-        return entries
+        cert = np.array([pipe.certainty(float(s), n_cls) for s in pred.score], np.float64)
+        return name, pred, cert, emb, labeled
+
+    def labeled_embeddings(self, project: int, version: int, seg=None) -> np.ndarray | None:
+        """Version N's labeled images [M, D] in the serving model's space: the segmenter's features
+        (``seg`` given) of the images kept beside the version, or their W+ latents (kept by fits since the
+        labeling order) for the interpreter. None when fewer than 2, or not on disk: no novelty then."""
+        from model.labeling_order import MIN_LABELED, image_embeddings, latent_embeddings
+
+        key = (project, version, seg is not None)
+        if key in self._labeled:
+            return self._labeled[key]
+        path = self.store.training_data_path(project, version)
+        if not path.exists():
+            return None
+        with np.load(path) as data:
+            if seg is not None:
+                ref = image_embeddings(seg.model, data["images"])
+            else:   # versions fitted before the labeling order kept no latents: no novelty for them
+                ref = latent_embeddings(data["ws"]) if "ws" in data.files else None
+        if ref is not None and len(ref) < MIN_LABELED:
+            ref = None
+        self._labeled[key] = ref
+        return ref
 
     def predict(self, project: int, tasks: list[dict], label_config: str,
                 budget_s: float | None = None) -> tuple[list[dict], list[int]]:
@@ -261,7 +306,8 @@ class Backend:
         model = fit_label_source(pipe, source, ws, masks_np, classes, images)
         version, path = self.store.next_version_paths(project)
         model.save(path)
-        np.savez_compressed(self.store.training_data_path(project, version), images=images, masks=masks_np)
+        np.savez_compressed(self.store.training_data_path(project, version), images=images, masks=masks_np,
+                            ws=ws.numpy())   # ws: the labeling order's reference for the interpreter
         chosen = cv.get(source)
         meta = {"version": version, "model_version": model_version_name(version), "trained_on": ids, "n_images": len(items),
                 "label_source": source, "cv_miou": chosen.miou if chosen else None,
