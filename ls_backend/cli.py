@@ -114,6 +114,18 @@ def _cmd_push(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_next(a: argparse.Namespace) -> int:
+    from .backend import Backend
+    from .config import Settings
+    from .next_tasks import format_table, next_tasks
+
+    report = next_tasks(Backend(Settings.from_env()), a.project, a.k,
+                        progress=lambda n: print(f"\rscored {n} tasks", end="", file=sys.stderr, flush=True))
+    print(file=sys.stderr)
+    print(json.dumps(report) if a.json else format_table(report))
+    return 0
+
+
 def _cmd_demo(a: argparse.Namespace) -> int:
     from .demo import run_demo, stop
 
@@ -215,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "images there and serve them through a Local Storage connection; default: data URIs")
     pu.add_argument("--queue", action="store_true", help="queue the chunks for `dgan worker`s instead of running here")
     pu.set_defaults(func=_cmd_push)
+
+    nx = sub.add_parser("next", help="the next tasks to label, ranked by the project's latest model",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="reads LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY / MODEL_DIR like `dgan serve`;\n"
+                               "unlabeled real tasks only (annotated, skipped and pushed synthetic tasks left out)")
+    nx.add_argument("--project", type=project_id, required=True)
+    nx.add_argument("--k", type=int, default=16, help="how many tasks (default 16)")
+    nx.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    nx.set_defaults(func=_cmd_next)
 
     wh = sub.add_parser("webhook-secret", help="make a project's Label Studio webhook send DGAN_WEBHOOK_SECRET",
                         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -1,4 +1,3 @@
-"""The labeling order: novelty / value math on hand-made embeddings, the score /predict serves as the
 labeled set changes (segmenter and interpreter), `dgan next` on a stand-in Label Studio, and the
 simulation bench's loop on tiny settings."""
 
@@ -10,6 +9,7 @@ import torch
 
 from ls_backend.backend import Backend
 from ls_backend.brush import parse_label_config
+from ls_backend.client import LabelStudioError
 from ls_backend.config import Settings
 from model.generator.checkpoints import save_generator
 from model.images import png_data_uri, to_uint8
@@ -196,3 +196,76 @@ def test_a_fit_keeps_the_labeled_latents_the_interpreter_measures_novelty_agains
     scores = [e["score"] for e in backend.predict_items(8, items, lm)]
     cert = np.clip(1 - backend.pipeline.label(backend.interpreter(8)[1], ws)[1].score / np.log(3), 0, 1)
     assert scores == pytest.approx(np.round(1 - 0.5 * (1 - cert), 4).tolist(), abs=1e-4)   # labeled: novelty 0
+
+
+# -- dgan next ----------------------------------------------------------------------------------------
+class FakeLabelStudio:
+    def __init__(self, tasks: list[dict], fail: bool = False) -> None:
+        self.tasks, self.fail = tasks, fail
+
+    def auth_headers(self) -> dict:
+        return {"Authorization": "Token x"}
+
+    def label_config(self, project: int) -> str:
+        if self.fail:
+            raise LabelStudioError("cannot reach Label Studio at http://127.0.0.1:9 for GET project 5 "
+                                   "(ConnectError: refused); check LABEL_STUDIO_URL and that Label Studio is running")
+        return CONFIG
+
+    def iter_tasks(self, project: int):
+        yield from self.tasks
+
+
+def test_next_tasks_ranks_unlabeled_real_tasks(backend):
+    from ls_backend.next_tasks import NoModelError, format_table, next_tasks
+    from model.synthesis import latents_for_seeds
+
+    G = backend.generator
+    with pytest.raises(NoModelError, match="no model yet.*train"):
+        next_tasks(backend, 5, k=4)
+    _, labeled = _version(backend, 5, latents_for_seeds(G, list(range(6))))
+    seg = Segmenter(UNet(UNetConfig(n_classes=3, base=4)), parse_label_config(CONFIG).class_names, backend.generator_id)
+    seg.save(backend.store.segmenter_path(5, 1))
+    images = to_uint8(G.synthesis(latents_for_seeds(G, list(range(200, 210)))))
+    tasks = [{"id": 10 + i, "data": {"image": png_data_uri(img)}, "annotations": []} for i, img in enumerate(images)]
+    tasks[0]["annotations"] = [{"id": 1, "result": []}]                 # annotated
+    tasks[1]["data"]["dgan_seed"] = 7                                      # pushed synthetic
+    tasks[2]["data"]["image"] = "http://elsewhere.example/x.png"          # unreadable
+    tasks.append({"id": 99, "data": {"image": png_data_uri(images[3])}})   # a copy of task 13
+    backend.client = FakeLabelStudio(tasks)
+    report = next_tasks(backend, 5, k=4, batch=3)
+    assert report["candidates"] == 8 and report["unreadable"] == 1 and report["novelty_measured"]
+    assert report["model_version"] == "dgan-v1-segmenter"
+    ids = [r["task"] for r in report["next"]]
+    assert len(ids) == 4 and not {10, 11, 12} & set(ids) and not {13, 99} <= set(ids)   # never both copies
+    # The first pick is the candidate the served score ranks first.
+    items, lm = _items(backend, images[3:])
+    served = backend.predict_items(5, items, lm)
+    assert report["next"][0]["score"] == pytest.approx(min(e["score"] for e in served), abs=1e-4)
+    assert all(0 <= r["certainty"] <= 1 and 0 <= r["novelty"] < 1 and r["why"] in ("uncertain", "novel")
+               for r in report["next"])
+    table = format_table(report)
+    assert "next 4 of 8 unlabeled tasks by dgan-v1-segmenter" in table and str(ids[0]) in table
+    assert len(next_tasks(backend, 5, k=50)["next"]) == 8
+
+    backend.client = FakeLabelStudio(tasks, fail=True)
+    with pytest.raises(LabelStudioError, match="cannot reach Label Studio"):
+        next_tasks(backend, 5)
+
+
+def test_dgan_next_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
+    from ls_backend.cli import main
+
+    monkeypatch.setenv("LABEL_STUDIO_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "x" * 40)
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "models"))
+    assert main(["next", "--project", "3", "--k", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "dgan next: error: project 3 has no model yet" in err and "Traceback" not in err
+    versions = tmp_path / "models" / "projects" / "3" / "interpreters"
+    versions.mkdir(parents=True)
+    (versions / "v0001.pt").write_bytes(b"")
+    (versions / "v0001.json").write_text("{}")
+    assert main(["next", "--project", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach Label Studio at http://127.0.0.1:9" in err and "Traceback" not in err
