@@ -248,12 +248,20 @@ def bench_quality(generator: str | None = None, quick: bool = False, out_dir: st
     return {**report, "machine": machine()}
 
 
+def bench_labeling_order(**kwargs: Any) -> dict[str, Any]:
+    """Labels the ranked labeling order needs to reach what 16 random labels reach (model/bench_labeling_order.py)."""
+    from .bench_labeling_order import bench_labeling_order as run_bench
+
+    return run_bench(**kwargs)
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "generator": bench_generator,
     "interpreter": bench_interpreter,
     "inversion": bench_inversion,
     "synthesis": bench_synthesis,
     "quality": bench_quality,
+    "labeling-order": bench_labeling_order,
 }
 
 

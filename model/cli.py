@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 # The benchmarks of model/bench.py (named here so that building the parser imports no torch).
-MODEL_BENCHES = ("generator", "interpreter", "inversion", "synthesis", "quality")
+MODEL_BENCHES = ("generator", "interpreter", "inversion", "synthesis", "quality", "labeling-order")
 
 ExtraBench = Callable[[argparse.Namespace], dict[str, Any]]
 
@@ -199,6 +199,8 @@ def bench_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"generator": a.generator}
     if a.what == "generator":
         kwargs["repeats"] = a.repeats
+    elif a.what == "labeling-order":
+        kwargs.update(quick=a.quick, draws=a.draws)
     elif a.what == "quality":
         kwargs.update(quick=a.quick, out_dir=a.out_dir, unet_steps=a.unet_steps, draws=a.draws)
     return kwargs
@@ -341,9 +343,11 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     b.add_argument("--out", default=None, help="also write the JSON here")
     b.add_argument("--generator", default=None)
     b.add_argument("--repeats", type=int, default=5)
-    b.add_argument("--quick", action="store_true", help="quality: a smoke run of minutes instead of about an hour")
+    b.add_argument("--quick", action="store_true", help="quality, labeling-order: a smoke run of minutes instead "
+                                                        "of about an hour")
     b.add_argument("--out-dir", default=None, help="quality: write quality.json and quality.md here")
     b.add_argument("--unet-steps", type=int, default=None,
                    help="quality: steps of the few-shot U-Net and the teacher (default 800; the student 1.5×)")
-    b.add_argument("--draws", type=int, default=None, help="quality: draws of the labeled images (default 3)")
+    b.add_argument("--draws", type=int, default=None, help="quality, labeling-order: draws of the labeled images "
+                                                            "(default 3)")
     b.set_defaults(func=partial(_cmd_bench, extra=extra))

@@ -1,3 +1,4 @@
+"""The labeling order: novelty / value math on hand-made embeddings, the score /predict serves as the
 labeled set changes (segmenter and interpreter), `dgan next` on a stand-in Label Studio, and the
 simulation bench's loop on tiny settings."""
 
@@ -269,3 +270,46 @@ def test_dgan_next_command_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert main(["next", "--project", "3"]) == 2
     err = capsys.readouterr().err
     assert "cannot reach Label Studio at http://127.0.0.1:9" in err and "Traceback" not in err
+
+
+# -- the simulation bench ----------------------------------------------------------------------------
+def test_labels_to_target_interpolates_the_first_crossing():
+    from model.bench_labeling_order import labels_to_target
+
+    counts = [4, 8, 12, 16]
+    assert labels_to_target(counts, [50, 60, 70, 80], 80) == 16.0
+    assert labels_to_target(counts, [50, 60, 70, 80], 65) == 10.0
+    assert labels_to_target(counts, [50, 82, 70, 80], 80) == pytest.approx(4 + 4 * 30 / 32, abs=0.01)
+    assert labels_to_target(counts, [90, 60, 70, 80], 80) == 4.0
+    assert labels_to_target(counts, [50, 60, 70, 79], 80) is None
+
+
+def test_bench_loop_on_tiny_settings():
+    from model.bench import BENCHES
+    from model.bench_labeling_order import OrderSettings, run_labeling_order
+    from model.cli import bench_kwargs
+    from ls_backend.cli import build_parser
+
+    s = OrderSettings(start=2, step=2, max_labels=6, draws=1, pool=16, n_test=6, steps=3, batch=2, base=4, size=32)
+    logs: list[str] = []
+    r = run_labeling_order(s, log=logs.append)
+    assert {"labels_to_target_ranked", "labels_to_target_random", "target_miou", "ranked_miou_mean",
+            "random_miou_mean", "per_draw", "draws", "saving"} <= set(r)
+    assert r["label_counts"] == [2, 4, 6] and list(r["ranked_miou_mean"]) == ["2", "4", "6"]
+    assert r["target_miou"] == r["random_miou_mean"]["6"]
+    assert r["ranked_miou_mean"]["2"] == r["random_miou_mean"]["2"]          # the same start
+    assert all(0 <= v <= 100 for v in [*r["ranked_miou_mean"].values(), *r["random_miou_mean"].values()])
+    assert 2 <= r["labels_to_target_random"] <= 6
+    assert r["labels_to_target_ranked"] is None or 2 <= r["labels_to_target_ranked"] <= 6
+    draw = r["draws"][0]
+    for order in ("ranked", "random"):
+        picked = draw[f"{order}_labeled"]
+        assert len(picked) == 6 and len(set(picked)) == 6 and picked[:2] == draw["start"]
+        assert all(0 <= i < 16 for i in picked)
+    assert any("ranked: 6 labels" in m for m in logs)
+    # registered as `dgan bench labeling-order [--quick] [--draws N]`
+    assert "labeling-order" in BENCHES
+    args = build_parser().parse_args(["bench", "labeling-order", "--quick", "--draws", "2", "--json"])
+    assert {"quick": True, "draws": 2}.items() <= bench_kwargs(args).items()
+    quick = OrderSettings.quick()
+    assert quick.counts() == OrderSettings().counts() == [4, 8, 12, 16] and quick.draws >= 2
