@@ -64,8 +64,9 @@ class Backend:
     def pipeline(self):
         from model.pipeline import Pipeline
 
-        pipe = Pipeline.load(self.settings.generator, self.settings.encoder, self.settings.inversion_steps)
-        log.info("loaded generator (%dpx)", pipe.resolution)
+        pipe = Pipeline.load(self.settings.generator, self.settings.encoder, self.settings.inversion_steps,
+                             device=self.settings.device)
+        log.info("loaded generator (%dpx) on %s", pipe.resolution, pipe.device)
         return pipe
 
     @property
@@ -97,7 +98,7 @@ class Backend:
 
         return self._cached(self._segmenters, project, self.store.latest_segmenter(project),
                             lambda v: Segmenter.load(self.store.segmenter_path(project, v),
-                                                     generator_id=self.generator_id))
+                                                     generator_id=self.generator_id).to(self.pipeline.device))
 
     def _cached(self, cache: dict, project: int, version: int, load):
         """(version, model) from ``cache``, loading version ``version`` when it is newer; (0, None) for 0."""

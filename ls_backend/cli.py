@@ -5,22 +5,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model.cli import add_commands as add_model_commands
+from model.cli import add_device_option
 
 if TYPE_CHECKING:
     from .client import LabelStudioClient
     from .config import Settings
 
 
+def _use_device_option(a: argparse.Namespace) -> None:
+    """``--device`` of a service command, checked, becomes this process's DGAN_DEVICE: the settings, the
+    backend the jobs create and gunicorn's workers all read it from there."""
+    if getattr(a, "device", None):
+        from model.device import resolve_device
+
+        resolve_device(a.device)               # a wrong one is refused as --device, not as the variable
+        os.environ["DGAN_DEVICE"] = a.device
+
+
 def _cmd_serve(a: argparse.Namespace) -> int:
     from .config import Settings
     from .serve import check_redis, run_gunicorn
 
+    _use_device_option(a)
     settings = Settings.from_env()
     check_redis(settings)
     run_gunicorn(settings, a.host, a.port, a.workers, a.threads)
@@ -31,6 +44,7 @@ def _cmd_worker(a: argparse.Namespace) -> int:
     from .config import Settings
     from .serve import check_redis, run_worker
 
+    _use_device_option(a)
     settings = Settings.from_env()
     check_redis(settings)
     run_worker(settings, burst=a.burst)
@@ -73,8 +87,6 @@ def _cmd_export(a: argparse.Namespace) -> int:
 
 
 def _cmd_push(a: argparse.Namespace) -> int:
-    import os
-
     from tqdm import tqdm
 
     from .backend import Backend
@@ -83,6 +95,7 @@ def _cmd_push(a: argparse.Namespace) -> int:
     from .push import Pusher, ensure_local_storage, push_chunk_job
     from .serve import check_redis
 
+    _use_device_option(a)
     settings = Settings.from_env()
     check_redis(settings)
     backend = Backend(settings)
@@ -142,6 +155,7 @@ def _bench_push(a: argparse.Namespace) -> dict[str, Any]:
 
     if a.project is None:
         raise ValueError("dgan bench push needs --project ID (a trained project) and the serve env vars")
+    _use_device_option(a)
     return bench_push(a.project, a.n or 500)
 
 
@@ -194,12 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=9090)
     sv.add_argument("--workers", type=int, default=1, help="gunicorn processes (each holds the models once)")
     sv.add_argument("--threads", type=int, default=4)
+    add_device_option(sv)
     sv.set_defaults(func=_cmd_serve)
 
     wk = sub.add_parser("worker", help="an RQ worker for fits and bulk predictions (same env as serve)",
                         formatter_class=argparse.RawDescriptionHelpFormatter,
                         epilog="environment variables:\n" + env_help())
     wk.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    add_device_option(wk)
     wk.set_defaults(func=_cmd_worker)
 
     ex = sub.add_parser("export", help="lossless COCO (RLE) or Pascal VOC export",
@@ -226,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (or DGAN_LS_DOCUMENT_ROOT): store "
                          "images there and serve them through a Local Storage connection; default: data URIs")
     pu.add_argument("--queue", action="store_true", help="queue the chunks for `dgan worker`s instead of running here")
+    add_device_option(pu)
     pu.set_defaults(func=_cmd_push)
 
     nx = sub.add_parser("next", help="the next tasks to label, ranked by the project's latest model",

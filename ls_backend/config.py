@@ -38,6 +38,8 @@ ENV_DOC = {
                          "label-branch, or auto (cross-validate both per fit, keep the better)",
     "DGAN_SEGMENTER": "After each fit, train the U-Net that then serves /predict: default (about 5 min at 64 px on "
                       "2 cores), quick (seconds; smoke tests) or off (the interpreter serves)",
+    "DGAN_DEVICE": "Where the models run: cpu (default), cuda, cuda:N or auto (cuda when torch sees a GPU, else "
+                   "cpu); cuda without a visible GPU is refused at start",
 }
 WEBHOOK_SECRET_HEADER = "X-Dgan-Webhook-Secret"
 
@@ -64,6 +66,7 @@ class Settings:
     redis_prefix: str = DEFAULT_PREFIX
     segmenter_recipe: str = "default"     # "default", "quick" (tests, smoke runs) or "off"
     label_source: str = "interpreter"     # "interpreter", "label-branch" or "auto" (the better by cross-validation)
+    device: str | None = None             # "cpu", "cuda", "cuda:N" (from_env resolves DGAN_DEVICE); None: DGAN_DEVICE
 
     @property
     def keys(self) -> RedisKeys:
@@ -137,6 +140,13 @@ class Settings:
                             "label-branch (SemanticGAN's conv label branch) or auto (cross-validate both at "
                             "every fit, keep the better; about 2 min more per fit at 64 px)")
             label_source = "interpreter"
+        from model.device import DeviceError, resolve_device
+
+        try:
+            device = str(resolve_device(None, env))
+        except DeviceError as e:
+            problems.append(str(e))
+            device = "cpu"
         roots = [Path(p).resolve() for p in env.get("DGAN_ALLOWED_ROOTS", "").split(os.pathsep) if p.strip()]
         settings = cls(
             label_studio_url=url, label_studio_api_key=key,
@@ -152,7 +162,7 @@ class Settings:
             max_request_bytes=int(number("DGAN_MAX_REQUEST_BYTES", 32 << 20, int, 1024)),
             max_request_pixels=int(number("DGAN_MAX_REQUEST_PIXELS", 100_000_000, int, 1)),
             keep_versions=int(number("DGAN_KEEP_VERSIONS", 5, int, 1)),
-            redis_prefix=prefix, segmenter_recipe=segmenter, label_source=label_source)
+            redis_prefix=prefix, segmenter_recipe=segmenter, label_source=label_source, device=device)
         if settings.max_request_pixels < settings.max_image_pixels:
             problems.append(f"DGAN_MAX_REQUEST_PIXELS={settings.max_request_pixels} is below DGAN_MAX_IMAGE_PIXELS="
                             f"{settings.max_image_pixels}: one allowed image would already be refused; raise it")

@@ -1,5 +1,7 @@
 """Benchmarks that print JSON (``dgan bench …``). Speeds are reported next to a baseline measured in
-the same process (an fp32 matmul peak), so figures from a busy or different machine stay comparable."""
+the same process (an fp32 matmul peak), so figures from a busy or different machine stay comparable.
+Every bench takes ``device`` (default ``DGAN_DEVICE``, else the CPU; :func:`model.device.resolve_device`)
+and reports it under ``machine``; GPU timings wait for the device's queued work."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .device import resolve_device, synchronize
+
 
 def print_json(report: dict, out: str | None = None) -> None:
     """Print a report as indented JSON and, with ``out``, write the same text there."""
@@ -24,21 +28,25 @@ def print_json(report: dict, out: str | None = None) -> None:
             f.write(text + "\n")
 
 
-def _best_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> float:
+def _best_time(fn: Callable[[], Any], repeats: int, warmup: int = 2, device: torch.device | None = None) -> float:
+    """Best wall time of ``fn`` over ``repeats`` runs (after ``warmup``), waiting for ``device``'s work."""
+    dev = device or torch.device("cpu")
     for _ in range(warmup):
         fn()
     best = float("inf")
     for _ in range(repeats):
+        synchronize(dev)
         t = time.perf_counter()
         fn()
+        synchronize(dev)
         best = min(best, time.perf_counter() - t)
     return best
 
 
-def matmul_peak_gflops(n: int = 1024, repeats: int = 5) -> float:
-    """Achieved fp32 GFLOP/s of an n×n×n matmul (best of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    dt = _best_time(lambda: a @ b, repeats)
+def matmul_peak_gflops(n: int = 1024, repeats: int = 5, device: torch.device | None = None) -> float:
+    """Achieved fp32 GFLOP/s of an n×n×n matmul (best of ``repeats``) on ``device`` (default the CPU)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    dt = _best_time(lambda: a @ b, repeats, device=device)
     return 2 * n ** 3 / dt / 1e9
 
 
@@ -49,36 +57,41 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return counter.get_total_flops()
 
 
-def machine() -> dict[str, Any]:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine()}
+def machine(device: torch.device | None = None) -> dict[str, Any]:
+    """Where a bench ran: torch, CPU threads and cores, processor, and the device (its name on a GPU)."""
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+           "processor": platform.processor() or platform.machine(), "device": str(device or "cpu")}
+    if device is not None and device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
 
 
-def bench_generator(generator: str | None = None, repeats: int = 5) -> dict[str, Any]:
+def bench_generator(generator: str | None = None, repeats: int = 5, device: str | None = None) -> dict[str, Any]:
     """Images/s of the generator's forward pass (z → image, const noise) at batch 1 and 16, and the
     achieved GFLOP/s at batch 16 as a fraction of the fp32 matmul peak measured in the same run."""
     from .generator.checkpoints import num_params
     from .generator.default import load_default_or
 
-    G = load_default_or(generator)
+    dev = resolve_device(device)
+    G = load_default_or(generator).to(dev)
     torch.manual_seed(0)
     results: dict[str, Any] = {"generator": generator or "shipped default", "resolution": G.cfg.resolution,
                                "params_m": round(num_params(G) / 1e6, 3), "upsample": G.cfg.upsample}
-    peak = matmul_peak_gflops(repeats=repeats)
+    peak = matmul_peak_gflops(repeats=repeats, device=dev)
     with torch.no_grad():
         for batch in (1, 16):
-            z = torch.randn(batch, G.cfg.z_dim)
-            dt = _best_time(lambda: G(z), repeats)
+            z = torch.randn(batch, G.cfg.z_dim).to(dev)
+            dt = _best_time(lambda: G(z), repeats, device=dev)
             results[f"images_per_s_b{batch}"] = round(batch / dt, 2)
             if batch == 16:
                 flops = count_flops(lambda: G(z))
                 results["gflop_per_image"] = round(flops / batch / 1e9, 4)
                 results["gflops_b16"] = round(flops / dt / 1e9, 2)
     # Measure the peak again after the generator and keep the best, so a busy moment is not the baseline.
-    peak = max(peak, matmul_peak_gflops(repeats=repeats))
+    peak = max(peak, matmul_peak_gflops(repeats=repeats, device=dev))
     results["matmul_peak_gflops"] = round(peak, 2)
     results["ratio"] = round(results["gflops_b16"] / peak, 3)
-    results["machine"] = machine()
+    results["machine"] = machine(dev)
     return results
 
 
@@ -96,7 +109,8 @@ def _rss_mb() -> float:
     return float("nan")
 
 
-def interpreter_fit_once(size: int, n_images: int = 16, generator: str | None = None, members: int = 10) -> dict:
+def interpreter_fit_once(size: int, n_images: int = 16, generator: str | None = None, members: int = 10,
+                         device: str | None = None) -> dict:
     """Fit the interpreter once on n domain images at ``size`` px; run in a fresh process for clean RSS."""
     from .domain import CLASSES, render_batch
     from .generator.default import load_default_or
@@ -104,42 +118,49 @@ def interpreter_fit_once(size: int, n_images: int = 16, generator: str | None = 
     from .interpreter import InterpreterConfig
     from .labeling import fit_from_latents
 
+    dev = resolve_device(device)
     torch.manual_seed(0)
     if size == 64 or generator:
         G = load_default_or(generator)
         size = G.cfg.resolution
     else:   # the same slim architecture at a larger size (random weights: the timing is what counts)
         G = Generator(GeneratorConfig(resolution=size, channels=default_channels(size))).eval().requires_grad_(False)
+    G.to(dev)
     _, labels = render_batch(n_images, seed=1, size=size)
-    ws = G.map(torch.randn(n_images, G.cfg.z_dim))
+    ws = G.map(torch.randn(n_images, G.cfg.z_dim).to(dev))
     rss0 = _rss_mb()
+    synchronize(dev)
     t = time.perf_counter()
     interp = fit_from_latents(G, ws, labels, list(CLASSES), InterpreterConfig(in_dim=0, n_classes=len(CLASSES),
                                                                               members=members))
-    return {"size": size, "n_images": n_images, "fit_seconds": round(time.perf_counter() - t, 2),
+    synchronize(dev)
+    return {"device": str(dev), "size": size, "n_images": n_images, "fit_seconds": round(time.perf_counter() - t, 2),
             "train_seconds": round(interp.report.seconds, 2), "pixels_sampled": interp.report.pixels,
             "pixels_per_s": round(interp.report.pixels_per_s), "feature_dim": interp.cfg.in_dim,
             "rss_before_fit_mb": round(rss0), "peak_rss_mb": round(_peak_rss_mb())}
 
 
-def bench_interpreter(generator: str | None = None, sizes: tuple[int, ...] = (64, 128, 256), n_images: int = 16) -> dict:
+def bench_interpreter(generator: str | None = None, sizes: tuple[int, ...] = (64, 128, 256), n_images: int = 16,
+                      device: str | None = None) -> dict:
     """Fit time and peak RSS for 16 images at each size, each in its own process (clean peak RSS)."""
     import json
     import subprocess
     import sys
 
+    dev = resolve_device(device)          # resolved here, so a wrong device fails before any process starts
     runs = []
     for size in sizes:
         code = ("import json, torch; from model.bench import interpreter_fit_once; "
-                f"print(json.dumps(interpreter_fit_once({size}, {n_images}, {generator!r})))")
+                f"print(json.dumps(interpreter_fit_once({size}, {n_images}, {generator!r}, device={str(dev)!r})))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     first = runs[0]
     return {"n_images": first["n_images"], "size": first["size"], "fit_seconds": first["fit_seconds"],
-            "peak_rss_mb": first["peak_rss_mb"], "by_size": runs, "machine": machine()}
+            "peak_rss_mb": first["peak_rss_mb"], "by_size": runs, "machine": machine(dev)}
 
 
-def bench_inversion(generator: str | None = None, n_images: int = 32, steps: int = 30) -> dict:
+def bench_inversion(generator: str | None = None, n_images: int = 32, steps: int = 30,
+                    device: str | None = None) -> dict:
     """Encoder start + ``steps`` W+ optimisation steps on n held-out domain images (one batch): seconds,
     PSNR, and how well the shipped interpreter labels the real images through the inverted latents
     (label mIoU against the exact masks). Pixel MSE (the default) next to pixel + the discriminator's
@@ -150,14 +171,17 @@ def bench_inversion(generator: str | None = None, n_images: int = 32, steps: int
     from .labeling import label_latents
     from .metrics import iou_per_class, per_class_percent
 
-    G = load_default_or(generator)
+    dev = resolve_device(device)
+    G = load_default_or(generator).to(dev)
     enc = load_encoder_for(G)
+    if enc is not None:
+        enc.to(dev)
     try:
         interp = load_interpreter_for(G)
     except (FileNotFoundError, ValueError):
         interp = None
     images, labels = render_batch(n_images, seed=1, size=G.cfg.resolution)
-    x = images_to_tensor(images)
+    x = images_to_tensor(images).to(dev)
     invert(G, x[:2], encoder=enc, steps=2)   # warm-up
 
     def run(feature_loss=None) -> tuple[dict, object]:
@@ -174,20 +198,22 @@ def bench_inversion(generator: str | None = None, n_images: int = 32, steps: int
            "psnr_db_encoder_only": round(float(res.psnr_encoder_db.mean()), 2), "loss": "pixel MSE"}
     D = load_discriminator_for(G)
     if D is not None:
-        out["with_discriminator_features"] = run(DiscriminatorFeatureLoss(D, weight=0.1))[0]
-    out["machine"] = machine()
+        out["with_discriminator_features"] = run(DiscriminatorFeatureLoss(D.to(dev), weight=0.1))[0]
+    out["machine"] = machine(dev)
     return out
 
 
-def bench_synthesis(generator: str | None = None, interpreter: str | None = None, n: int = 64) -> dict:
+def bench_synthesis(generator: str | None = None, interpreter: str | None = None, n: int = 64,
+                    device: str | None = None) -> dict:
     """Labeled images/s next to bare generator images/s, same run: labeled by the segmenter (what push uses
     once a project's segmenter is ready; ``ratio_segmenter``) and by the interpreter ensemble (``ratio``)."""
     from .features import FeatureExtractor
     from .generator.default import load_default_or, load_interpreter_for
     from .synthesis import generate_chunk, latents_for_seeds
 
-    G = load_default_or(generator)
-    interp = load_interpreter_for(G, interpreter)
+    dev = resolve_device(device)
+    G = load_default_or(generator).to(dev)
+    interp = load_interpreter_for(G, interpreter).to(dev)
     fx = FeatureExtractor(G)
     seeds = list(range(n))
     generate_chunk(G, interp, seeds[:16], fx=fx)   # warm-up
@@ -197,8 +223,8 @@ def bench_synthesis(generator: str | None = None, interpreter: str | None = None
             for i in range(0, n, 16):
                 G.synthesis(latents_for_seeds(G, seeds[i:i + 16]), noise_mode="const")
 
-    t_bare = _best_time(bare, 2, warmup=1)
-    t_lab = _best_time(lambda: generate_chunk(G, interp, seeds, fx=fx), 2, warmup=0)
+    t_bare = _best_time(bare, 2, warmup=1, device=dev)
+    t_lab = _best_time(lambda: generate_chunk(G, interp, seeds, fx=fx), 2, warmup=0, device=dev)
     # Where the ratio can go: the interpreter's arithmetic per image against the generator's. Even at
     # equal efficiency, labeled/bare ≤ G / (G + I) — the DatasetGAN ensemble (10 × d→128→32→C per pixel)
     # outweighs a small generator many times over.
@@ -211,10 +237,10 @@ def bench_synthesis(generator: str | None = None, interpreter: str | None = None
     from .pipeline import Pipeline
     from .segmenter import Segmenter, UNet, UNetConfig
 
-    pipe = Pipeline(G)
-    seg = Segmenter(UNet(UNetConfig(n_classes=interp.cfg.n_classes)), interp.class_names, pipe.generator_id)
+    pipe = Pipeline(G, device=dev)
+    seg = Segmenter(UNet(UNetConfig(n_classes=interp.cfg.n_classes)), interp.class_names, pipe.generator_id).to(dev)
     pipe.synthesize(seeds[:16], segmenter=seg)   # warm-up
-    t_seg = _best_time(lambda: pipe.synthesize(seeds, segmenter=seg), 2, warmup=0)
+    t_seg = _best_time(lambda: pipe.synthesize(seeds, segmenter=seg), 2, warmup=0, device=dev)
     s_flops = count_flops(lambda: seg.label(pipe.sample_images(seeds[:16]))) / 16 - g_flops
     return {"n": n, "generator_images_per_s": round(n / t_bare, 2),
             "segmenter_labeled_images_per_s": round(n / t_seg, 2), "ratio_segmenter": round(t_bare / t_seg, 3),
@@ -222,16 +248,19 @@ def bench_synthesis(generator: str | None = None, interpreter: str | None = None
             "labeled_images_per_s": round(n / t_lab, 2),
             "ratio": round(t_bare / t_lab, 3), "members": interp.cfg.members,
             "generator_gflop_per_image": round(g_flops / 1e9, 4), "interpreter_gflop_per_image": round(i_flops / 1e9, 4),
-            "ratio_bound_equal_efficiency": round(g_flops / (g_flops + i_flops), 3), "machine": machine()}
+            "ratio_bound_equal_efficiency": round(g_flops / (g_flops + i_flops), 3), "machine": machine(dev)}
 
 
 def bench_quality(generator: str | None = None, quick: bool = False, out_dir: str | None = None,
-                  unet_steps: int | None = None, draws: int | None = None) -> dict:
+                  unet_steps: int | None = None, draws: int | None = None, device: str | None = None) -> dict:
     """The DatasetGAN comparison table (see model/quality_table.py); ``quick`` is a minutes-long smoke run.
     With ``out_dir`` the table so far is written after every draw, and the whole table at the end."""
     from .pipeline import Pipeline
     from .quality_table import QualitySettings, run_quality, write
 
+    dev = resolve_device(device)
+    # The table's own U-Nets (few-shot baseline, ceiling) train on DGAN_DEVICE: make it this device.
+    os.environ["DGAN_DEVICE"] = str(dev)
     settings = QualitySettings.quick() if quick else QualitySettings()
     if unet_steps:
         settings.unet_steps = unet_steps
@@ -240,12 +269,12 @@ def bench_quality(generator: str | None = None, quick: bool = False, out_dir: st
 
     def save(report: dict) -> None:
         if out_dir:
-            write({**report, "machine": machine()}, out_dir)
+            write({**report, "machine": machine(dev)}, out_dir)
 
-    pipe = Pipeline.load(generator, inversion_steps=settings.inversion_steps)
+    pipe = Pipeline.load(generator, inversion_steps=settings.inversion_steps, device=dev)
     report = run_quality(pipe, settings, log=lambda m: print(m, file=sys.stderr, flush=True), on_partial=save)
     save(report)
-    return {**report, "machine": machine()}
+    return {**report, "machine": machine(dev)}
 
 
 def bench_labeling_order(**kwargs: Any) -> dict[str, Any]:

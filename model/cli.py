@@ -18,6 +18,20 @@ MODEL_BENCHES = ("generator", "interpreter", "inversion", "synthesis", "quality"
 
 ExtraBench = Callable[[argparse.Namespace], dict[str, Any]]
 
+DEVICE_HELP = "cpu, cuda, cuda:N or auto (cuda when torch sees a GPU); default: $DGAN_DEVICE, else cpu"
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    """``--device`` on a command that runs a model (None: ``DGAN_DEVICE``, resolved by model.device)."""
+    parser.add_argument("--device", default=None, help=DEVICE_HELP)
+
+
+def _device(a: argparse.Namespace):
+    """The torch device of ``--device`` (or ``DGAN_DEVICE``); a clear error when it is wrong or absent."""
+    from model.device import resolve_device
+
+    return resolve_device(getattr(a, "device", None))
+
 
 def _cmd_domain_render(a: argparse.Namespace) -> int:
     from model.domain.dataset import write_domain_dataset
@@ -32,7 +46,8 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     from model.generator.default import load_default_or
     from model.images import save_grid, to_uint8
 
-    G = load_default_or(a.generator)
+    device = _device(a)
+    G = load_default_or(a.generator).to(device)
     imgs = G.sample(a.n, seed=a.seed, psi=a.psi)
     path = save_grid(to_uint8(imgs), a.out, cols=a.cols, scale=a.scale)
     print(f"wrote {a.n} samples ({G.cfg.resolution}px, seed {a.seed}, psi {a.psi}) to {path}")
@@ -58,7 +73,7 @@ def _cmd_train_gan(a: argparse.Namespace) -> int:
     cfg = TrainConfig(data=a.data, out=a.out, batch=a.batch, lr=a.lr, r1_gamma=a.r1_gamma, pl_weight=a.pl_weight,
                       augment=tuple(x for x in a.augment.split(",") if x), total_kimg=a.kimg,
                       checkpoint_minutes=a.checkpoint_minutes, seed=a.seed, threads=a.threads,
-                      max_images=a.max_images, generator=gen, device=a.device,
+                      max_images=a.max_images, generator=gen, device=str(_device(a)),
                       time_limit_minutes=a.time_limit_minutes)
     trainer = train_gan(cfg, resume=a.resume)
     print(f"trained to {trainer.nimg / 1000:.1f} kimg; generator at {Path(a.out) / 'generator.pt'}")
@@ -74,6 +89,7 @@ def _cmd_preview(a: argparse.Namespace) -> int:
     from model.images import save_grid, to_uint8
     from model.visualize import preview_rows
 
+    device = _device(a)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -82,7 +98,7 @@ def _cmd_preview(a: argparse.Namespace) -> int:
     save_grid(images, out / "domain-grid.png", cols=8, scale=2)
     save_grid(preview_rows(images[:8], labels[:8]), out / "domain-labels.png", cols=6, scale=3)
     print("[2/3] loading the shipped default generator ...")
-    G = load_default_or(a.generator)
+    G = load_default_or(a.generator).to(device)
     print(f"      {G.cfg.resolution}px StyleGAN2, {num_params(G) / 1e6:.2f}M parameters")
     print(f"[3/3] sampling {a.n} images, and labeling 8 with the interpreter ...")
     save_grid(to_uint8(G.sample(a.n, seed=a.seed)), out / "generator-grid.png", cols=8, scale=2)
@@ -96,7 +112,7 @@ def _cmd_preview(a: argparse.Namespace) -> int:
     else:
         from model.pipeline import Pipeline
 
-        samples = Pipeline(G).synthesize(list(range(a.seed, a.seed + 8)), interp)
+        samples = Pipeline(G, device=device).synthesize(list(range(a.seed, a.seed + 8)), interp)
         rows = preview_rows(np.stack([x.image for x in samples]), np.stack([x.labels for x in samples]))
         save_grid(rows, out / "synthesis-labels.png", cols=6, scale=3)
         names.append("synthesis-labels.png")
@@ -115,7 +131,7 @@ def _cmd_train_segmenter(a: argparse.Namespace) -> int:
 
     images, labels, classes = read_labeled_folder(a.data, limit=a.n)
     res = train_segmenter(images, labels, len(classes), steps=a.steps, batch=a.batch, base=a.base, seed=a.seed,
-                          progress=True)
+                          progress=True, device=_device(a))
     summary = {"n_train": len(images), "steps": a.steps, "seconds": round(res.seconds, 1),
                "final_loss": round(res.final_loss, 4)}
     if a.test:
@@ -155,7 +171,7 @@ def _cmd_train_encoder(a: argparse.Namespace) -> int:
     from model.generator.default import DEFAULT_ENCODER, load_default_or
     from model.inversion import train_encoder
 
-    G = load_default_or(a.generator)
+    G = load_default_or(a.generator).to(_device(a))          # the encoder trains on the generator's device
     enc = train_encoder(G, steps=a.steps, batch=a.batch, base=a.base, seed=a.seed, progress=True)
     out = enc.save(a.out or DEFAULT_ENCODER)
     print(f"encoder for generator {enc.generator_id} written to {out} (final loss {enc.meta['final_loss']:.4f})")
@@ -166,7 +182,7 @@ def _cmd_fit(a: argparse.Namespace) -> int:
     from model.domain.dataset import read_labeled_folder
     from model.pipeline import Pipeline
 
-    pipe = Pipeline.load(a.generator, a.encoder, inversion_steps=a.steps)
+    pipe = Pipeline.load(a.generator, a.encoder, inversion_steps=a.steps, device=a.device)
     images, labels, classes = read_labeled_folder(a.data, limit=a.n)
     if images.shape[1] != pipe.resolution:
         raise ValueError(f"{a.data} holds {images.shape[1]}px images; the generator makes {pipe.resolution}px")
@@ -186,7 +202,7 @@ def _cmd_synthesize(a: argparse.Namespace) -> int:
     from model.generator.default import load_default_or, load_interpreter_for
     from model.synthesis import write_synthetic_dataset
 
-    G = load_default_or(a.generator)
+    G = load_default_or(a.generator).to(_device(a))       # synthesis runs on the generator's device
     interp = load_interpreter_for(G, a.interpreter)
     summary = write_synthetic_dataset(G, interp, a.out, a.n, seed=a.seed, psi=a.psi, filter_frac=a.filter,
                                       chunk=a.chunk, progress=True)
@@ -196,7 +212,7 @@ def _cmd_synthesize(a: argparse.Namespace) -> int:
 
 def bench_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``model.bench.run(a.what, ...)`` from ``dgan bench`` flags."""
-    kwargs: dict[str, Any] = {"generator": a.generator}
+    kwargs: dict[str, Any] = {"generator": a.generator, "device": a.device}
     if a.what == "generator":
         kwargs["repeats"] = a.repeats
     elif a.what == "labeling-order":
@@ -247,6 +263,7 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     s.add_argument("--cols", type=int, default=8)
     s.add_argument("--scale", type=int, default=2)
     s.add_argument("--out", default="samples.png")
+    add_device_option(s)
     s.set_defaults(func=_cmd_sample)
 
     c = sub.add_parser("convert", help="convert an NVlabs .pkl / rosinality .pt to our weights-only format")
@@ -272,7 +289,7 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
-    t.add_argument("--device", default="cpu", help="cpu or cuda (a run started on one resumes on the other)")
+    t.add_argument("--device", default=None, help=DEVICE_HELP + " (a run started on one resumes on the other)")
     t.add_argument("--time-limit-minutes", type=float, default=None,
                    help="stop and checkpoint after this much wall time (for time-boxed sessions)")
     t.set_defaults(func=_cmd_train_gan)
@@ -283,6 +300,7 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     pv.add_argument("--seed", type=int, default=0)
     pv.add_argument("--generator", default=None)
     pv.add_argument("--interpreter", default=None, help="for the synthesized-labels panel (default: the shipped one)")
+    add_device_option(pv)
     pv.set_defaults(func=_cmd_preview)
 
     ts = sub.add_parser("train-segmenter", help="train the U-Net on a labeled folder; report test mIoU")
@@ -294,6 +312,7 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     ts.add_argument("--base", type=int, default=16)
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--out", default=None)
+    add_device_option(ts)
     ts.set_defaults(func=_cmd_train_segmenter)
 
     eg = sub.add_parser("eval-gan", help="Fréchet distance of U-Net features, per checkpoint, with the real floor")
@@ -311,6 +330,7 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     te.add_argument("--base", type=int, default=32)
     te.add_argument("--seed", type=int, default=0)
     te.add_argument("--out", default=None, help="default: the shipped encoder next to the shipped generator")
+    add_device_option(te)
     te.set_defaults(func=_cmd_train_encoder)
 
     fi = sub.add_parser("fit", help="fit an interpreter on labeled real images (through inversion)")
@@ -322,6 +342,7 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     fi.add_argument("--members", type=int, default=10)
     fi.add_argument("--seed", type=int, default=0)
     fi.add_argument("--out", required=True)
+    add_device_option(fi)
     fi.set_defaults(func=_cmd_fit)
 
     sy = sub.add_parser("synthesize", help="write a labeled synthetic dataset (images, labels, manifest)")
@@ -333,6 +354,7 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     sy.add_argument("--generator", default=None)
     sy.add_argument("--interpreter", default=None, help="default: the shipped interpreter")
     sy.add_argument("--out", required=True)
+    add_device_option(sy)
     sy.set_defaults(func=_cmd_synthesize)
 
     b = sub.add_parser("bench", help="benchmarks (JSON)")
@@ -342,6 +364,7 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     b.add_argument("--json", action="store_true", help="print one compact JSON object")
     b.add_argument("--out", default=None, help="also write the JSON here")
     b.add_argument("--generator", default=None)
+    add_device_option(b)
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--quick", action="store_true", help="quality, labeling-order: a smoke run of minutes instead "
                                                         "of about an hour")

@@ -14,6 +14,9 @@ plain cross-entropy does.
 
 Prediction: per-pixel majority vote of the members, mean probabilities, Jensen–Shannon uncertainty
 H(mean p) − mean H(p), and a per-image score (mean of the top 10% pixel uncertainties).
+
+Device: fitting runs where it is told (``fit(device=...)``); prediction runs on the device of the
+feature maps it is given (the ensemble moves there); a :class:`Prediction` is always numpy.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .device import module_device
 
 # Config keys older files carry that no longer mean anything (min_region_px was always 0).
 _RETIRED_CONFIG_KEYS = ("min_region_px",)
@@ -140,7 +144,7 @@ def upsample_matrix(size_in: int, size_out: int) -> torch.Tensor:
 def _argmax_first(x: torch.Tensor) -> torch.Tensor:
     """argmax over dim 0 of x [C, ...] → int64 [...] (first index on ties), as C elementwise passes over
     contiguous memory: much faster than torch.argmax over a small strided dim."""
-    best, idx = x[0].clone(), torch.zeros(x.shape[1:], dtype=torch.long)
+    best, idx = x[0].clone(), torch.zeros(x.shape[1:], dtype=torch.long, device=x.device)
     for c in range(1, x.shape[0]):
         better = x[c] > best
         best = torch.where(better, x[c], best)
@@ -151,21 +155,23 @@ def _argmax_first(x: torch.Tensor) -> torch.Tensor:
 def summarise_members(logits: torch.Tensor, hgt: int, wid: int) -> Prediction:
     """Ensemble members' logits [E, C, N, H·W] → :class:`Prediction`: majority vote (ties → higher mean
     probability), mean probabilities, Jensen–Shannon uncertainty per pixel, image score = mean of the
-    top-10 % pixel uncertainties. Shared by every ensemble label source (interpreter, label branch)."""
+    top-10 % pixel uncertainties. Shared by every ensemble label source (interpreter, label branch).
+    Computed on the logits' device; the :class:`Prediction` is numpy."""
     e, n_cls, n, _ = logits.shape
+    dev = logits.device
     logp = F.log_softmax(logits, dim=1)
     p = logp.exp()
     mean = p.mean(0)                                                                 # [C, N, HW]
     ent_mean = -(mean * mean.clamp_min(1e-12).log()).sum(0)
     mean_ent = -(p * logp).sum(1).mean(0)
-    votes = torch.zeros(n_cls, n * hgt * wid).scatter_add_(0, _argmax_first(logits.transpose(0, 1)).reshape(e, -1),
-                                                             torch.ones(e, n * hgt * wid))
+    votes = torch.zeros(n_cls, n * hgt * wid, device=dev).scatter_add_(
+        0, _argmax_first(logits.transpose(0, 1)).reshape(e, -1), torch.ones(e, n * hgt * wid, device=dev))
     labels = _argmax_first(votes.reshape(n_cls, n, -1) + 1e-3 * mean)               # ties → higher mean p
     js = (ent_mean - mean_ent).clamp_min(0)                                          # [N, HW]
-    labels = labels.reshape(n, hgt, wid).to(torch.uint8).numpy()
+    labels = labels.reshape(n, hgt, wid).to(torch.uint8).cpu().numpy()
     top = max(1, int(round(0.1 * hgt * wid)))
-    return Prediction(labels, mean.reshape(n_cls, n, hgt, wid).permute(1, 0, 2, 3).contiguous().numpy(),
-                      js.reshape(n, hgt, wid).numpy(), js.topk(top, dim=1).values.mean(1).numpy())
+    return Prediction(labels, mean.reshape(n_cls, n, hgt, wid).permute(1, 0, 2, 3).contiguous().cpu().numpy(),
+                      js.reshape(n, hgt, wid).cpu().numpy(), js.topk(top, dim=1).values.mean(1).cpu().numpy())
 
 
 class Interpreter:
@@ -180,27 +186,41 @@ class Interpreter:
         self.model = EnsembleMLP(cfg)
         self.report: FitReport | None = None
 
+    @property
+    def device(self) -> torch.device:
+        return module_device(self.model)
+
+    def to(self, device: str | torch.device) -> "Interpreter":
+        """Move the ensemble to ``device`` (in place); returns self."""
+        self.model.to(device)
+        return self
+
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
-            seed: int = 0) -> FitReport:
-        """Fit on sampled pixels: features float [K, d] (fp16 is fine), targets int [K], weights float [K]."""
+            seed: int = 0, device: str | torch.device | None = None) -> FitReport:
+        """Fit on sampled pixels: features float [K, d] (fp16 is fine), targets int [K], weights float [K].
+
+        ``device``: where to train (default: the features' device); the ensemble stays there. The
+        initialisation and the mini-batches come from CPU generators, so every device draws the same."""
         cfg = self.cfg
         if features.shape[1] != cfg.in_dim:
             raise ValueError(f"features have {features.shape[1]} dims, the interpreter expects {cfg.in_dim}")
+        dev = torch.device(device) if device is not None else features.device
         g = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)
-        self.model = EnsembleMLP(cfg).train()
+        self.model = EnsembleMLP(cfg).to(dev).train()
         opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         k = features.shape[0]
-        w = torch.ones(k) if weights is None else weights.float()
+        features = features.to(dev)
+        w = torch.ones(k, device=dev) if weights is None else weights.float().to(dev)
         w = w / w.mean()
-        targets = targets.long()
+        targets = targets.long().to(dev)
         batch = min(cfg.batch, k)
         steps = max(1, math.ceil(cfg.epochs * k / batch))
         t0 = time.time()
         loss_val = float("nan")
         for _ in range(steps):
-            idx = torch.randint(0, k, (cfg.members, batch), generator=g)       # each member its own batch
+            idx = torch.randint(0, k, (cfg.members, batch), generator=g).to(dev)   # each member its own batch
             x = features[idx].float()                                          # [E, B, d]
             logits = self.model(x)
             loss = (F.cross_entropy(logits.reshape(-1, cfg.n_classes), targets[idx].reshape(-1), reduction="none")
@@ -231,6 +251,8 @@ class Interpreter:
         e, h1 = cfg.members, cfg.hidden[0]
         if sum(m.shape[1] for m in maps) != cfg.in_dim:
             raise ValueError(f"maps hold {sum(m.shape[1] for m in maps)} channels, the interpreter expects {cfg.in_dim}")
+        dev = maps[0].device
+        self.to(dev)
         w0 = self.model.weights[0].permute(0, 2, 1).reshape(e * h1, cfg.in_dim)          # [E·h1, d]
         b0 = self.model.biases[0].reshape(e, h1, 1)
         later = [self._folded_layer(i) for i in range(1, len(self.model.weights))]
@@ -238,7 +260,8 @@ class Interpreter:
         coarse = sorted({m.shape[-1] for m in maps} - {out_size})
         # Bilinear upsampling is separable and linear: up(P) = U·P·Uᵀ with U [out, r]. Along x one GEMM per
         # resolution; along y ONE GEMM over all resolutions stacked, which also sums them.
-        u_cat = torch.cat([upsample_matrix(r, out_size) for r in coarse], dim=1) if coarse else None   # [H, Σr]
+        ups = {r: upsample_matrix(r, out_size).to(dev) for r in coarse}
+        u_cat = torch.cat([ups[r] for r in coarse], dim=1) if coarse else None   # [H, Σr]
         logits = []
         for j in range(maps[0].shape[0]):
             by_res: dict[int, torch.Tensor] = {}
@@ -250,7 +273,7 @@ class Interpreter:
                 offset += c
             h = by_res.pop(out_size, None)
             if coarse:
-                cols = [(by_res[r].reshape(e * h1 * r, r) @ upsample_matrix(r, out_size).t()).reshape(e * h1, r, out_size)
+                cols = [(by_res[r].reshape(e * h1 * r, r) @ ups[r].t()).reshape(e * h1, r, out_size)
                         for r in coarse]
                 up = torch.matmul(u_cat, torch.cat(cols, dim=1)).reshape(e * h1, out_size * out_size)
                 h = up if h is None else h.add_(up)
@@ -278,16 +301,17 @@ class Interpreter:
     def predict(self, features: torch.Tensor) -> Prediction:
         """features [N, d, H, W] (any float dtype) → :class:`Prediction`."""
         n, d, h, w = features.shape
+        self.to(features.device)
         self.model.eval()
         logits = self.model(features.permute(0, 2, 3, 1).reshape(-1, d).float())       # [E, N·H·W, C]
         return self._summarise(logits.permute(0, 2, 1).reshape(logits.shape[0], -1, n, h * w), h, w)
 
     # -- persistence ---------------------------------------------------------------------------
     def save(self, path: str | Path, meta: dict | None = None) -> Path:
-        """Write config, class names, generator id, weights, ``meta`` and the fit report atomically."""
+        """Write config, class names, generator id, weights (CPU tensors), ``meta`` and the fit report atomically."""
         return save_checkpoint(path, "interpreter", {
             "config": asdict(self.cfg), "class_names": self.class_names, "generator_id": self.generator_id,
-            "state_dict": self.model.state_dict(), "meta": meta or {},
+            "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()}, "meta": meta or {},
             "report": asdict(self.report) if self.report else None})
 
     @classmethod

@@ -6,7 +6,9 @@ Two stages, as in SemanticGAN / EditGAN:
 2. a few Adam steps on W+ minimise pixel MSE (plus, optionally, a feature loss) with a small pull
    towards the encoder's estimate.
 
-Everything is batched (many images at once) and deterministic given a seed.
+Everything is batched (many images at once) and deterministic given a seed. Both stages run on the
+generator's device (images are moved there); encoder checkpoints are written from CPU tensors, so one
+trained on a GPU loads on the CPU and back.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .device import module_device
 from .generator.checkpoints import generator_id
 from .generator.stylegan2 import Generator
 
@@ -75,10 +78,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def train_encoder(G: Generator, steps: int = 2000, batch: int = 32, lr: float = 1e-3, base: int = 32,
                   psi: float = 1.0, seed: int = 0, progress: bool = False) -> "LatentEncoder":
-    """Train an encoder on samples of G (half of the batches style-mixed): loss = ‖E(G(w)) − (w − w_avg)‖²."""
+    """Train an encoder on samples of G (half of the batches style-mixed): loss = ‖E(G(w)) − (w − w_avg)‖².
+    Runs on G's device (move G first to train on a GPU)."""
     torch.manual_seed(seed)
+    dev = module_device(G)
     cfg = EncoderConfig(G.cfg.resolution, G.num_ws, G.cfg.w_dim, base)
-    enc = Encoder(cfg).train()
+    enc = Encoder(cfg).to(dev).train()
     opt = torch.optim.Adam(enc.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     G = G.eval().requires_grad_(False)
@@ -87,10 +92,10 @@ def train_encoder(G: Generator, steps: int = 2000, batch: int = 32, lr: float = 
     loss_val = float("nan")
     for step in bar:
         with torch.no_grad():
-            ws = G.map(torch.randn(batch, G.cfg.z_dim), psi=psi)
+            ws = G.map(torch.randn(batch, G.cfg.z_dim, device=dev), psi=psi)
             if step % 2:  # style-mixed samples so every W+ slot is learned on its own
                 cut = int(torch.randint(1, G.num_ws, []))
-                ws[:, cut:] = G.map(torch.randn(batch, G.cfg.z_dim), psi=psi)[:, cut:]
+                ws[:, cut:] = G.map(torch.randn(batch, G.cfg.z_dim, device=dev), psi=psi)[:, cut:]
             img = G.synthesis(ws, noise_mode="const")
         pred = enc(img)
         loss = (pred - (ws - w_avg)).square().mean()
@@ -112,10 +117,19 @@ class LatentEncoder:
         self.generator_id = generator_id
         self.meta = meta or {}
 
+    @property
+    def device(self) -> torch.device:
+        return module_device(self.encoder)
+
+    def to(self, device: str | torch.device) -> "LatentEncoder":
+        """Move the encoder to ``device`` (in place); returns self."""
+        self.encoder.to(device)
+        return self
+
     def save(self, path: str | Path) -> Path:
-        """Write config, generator id, weights and ``meta`` atomically."""
+        """Write config, generator id, weights and ``meta`` atomically (CPU tensors, whatever the device)."""
         # Float weights stored as fp16 (half the size; the start it gives is refined by optimisation anyway).
-        state = {k: v.half() if v.is_floating_point() else v for k, v in self.encoder.state_dict().items()}
+        state = {k: (v.half() if v.is_floating_point() else v).cpu() for k, v in self.encoder.state_dict().items()}
         return save_checkpoint(path, "encoder", {"config": asdict(self.encoder.cfg), "generator_id": self.generator_id,
                                                  "state_dict": state, "meta": self.meta})
 
@@ -129,8 +143,8 @@ class LatentEncoder:
 
     @torch.no_grad()
     def __call__(self, G: Generator, images: torch.Tensor) -> torch.Tensor:
-        """images float32 [N, 3, R, R] in [-1, 1] → W+ float32 [N, num_ws, w_dim]."""
-        return self.encoder(images) + G.mapping.w_avg
+        """images float32 [N, 3, R, R] in [-1, 1] → W+ float32 [N, num_ws, w_dim], on G's device."""
+        return self.encoder(images.to(self.device)).to(G.mapping.w_avg.device) + G.mapping.w_avg
 
 
 class DiscriminatorFeatureLoss:
@@ -169,9 +183,11 @@ def invert(G: Generator, images: torch.Tensor, encoder: LatentEncoder | None = N
     """Invert images float32 [N, 3, R, R] in [-1, 1] into W+ (batched; deterministic given ``seed``).
 
     Start: the encoder's estimate (or w_avg without one). Then ``steps`` Adam steps with a cosine-decayed
-    learning rate on ‖G(w) − x‖² (+ ``feature_loss``) + latent_weight·‖w − w_start‖²."""
+    learning rate on ‖G(w) − x‖² (+ ``feature_loss``) + latent_weight·‖w − w_start‖². Runs on G's device
+    (``images`` are moved there; ``ws`` and ``images`` of the result stay there, the PSNRs are numpy)."""
     torch.manual_seed(seed)
     G = G.eval().requires_grad_(False)
+    images = images.to(module_device(G))
     t0 = time.time()
     with torch.no_grad():
         start = encoder(G, images) if encoder is not None else G.mapping.w_avg.expand(
@@ -193,7 +209,8 @@ def invert(G: Generator, images: torch.Tensor, encoder: LatentEncoder | None = N
     with torch.no_grad():
         final = ws.detach()
         recon = G.synthesis(final)
-    return InversionResult(final, recon, psnr(recon, images).numpy(), psnr0.numpy(), steps, time.time() - t0)
+    return InversionResult(final, recon, psnr(recon, images).cpu().numpy(), psnr0.cpu().numpy(), steps,
+                           time.time() - t0)
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -16,7 +16,8 @@ Training (:func:`fit_label_branch`), the generator frozen:
   labels, and the unlabeled samples shape the labels too.
 
 ``LabelBranch.predict_native(maps, out_size)`` has the interpreter's signature, so labelling latents
-and synthesis work with either label source.
+and synthesis work with either label source. Fitting runs on the generator's device, prediction on the
+maps' device (the branch moves there); checkpoints hold CPU tensors.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .device import module_device
 from .features import FeatureExtractor
 from .generator.checkpoints import generator_id as _generator_id
 from .generator.stylegan2 import Generator
@@ -92,6 +94,15 @@ class LabelBranch:
         self.members = nn.ModuleList(_Heads(cfg) for _ in range(cfg.members))
         self.meta: dict = {}
 
+    @property
+    def device(self) -> torch.device:
+        return module_device(self.members)
+
+    def to(self, device: str | torch.device) -> "LabelBranch":
+        """Move the branches to ``device`` (in place); returns self."""
+        self.members.to(device)
+        return self
+
     def member_logits(self, grouped: list[torch.Tensor]) -> torch.Tensor:
         """→ logits float32 [E, N, C, R, R]."""
         return torch.stack([m(grouped) for m in self.members])
@@ -99,6 +110,7 @@ class LabelBranch:
     @torch.no_grad()
     def predict_native(self, maps: list[torch.Tensor], out_size: int) -> Prediction:
         """Per-layer maps of N images → :class:`Prediction` at out_size² (the interpreter's interface)."""
+        self.to(maps[0].device)
         self.members.eval()
         logits = self.member_logits(group_by_resolution(maps))                       # [E, N, C, R, R]
         if logits.shape[-1] != out_size:
@@ -111,7 +123,8 @@ class LabelBranch:
     def save(self, path, meta: dict | None = None):
         return save_checkpoint(path, "label-branch", {
             "config": asdict(self.cfg), "class_names": self.class_names, "generator_id": self.generator_id,
-            "state_dict": self.members.state_dict(), "meta": {**self.meta, **(meta or {})}})
+            "state_dict": {k: v.cpu() for k, v in self.members.state_dict().items()},
+            "meta": {**self.meta, **(meta or {})}})
 
     @classmethod
     def load(cls, path, generator_id: str | None = None) -> "LabelBranch":
@@ -145,14 +158,17 @@ def fit_label_branch(G: Generator, ws: torch.Tensor, masks: torch.Tensor, class_
                      seed: int = 0) -> LabelBranch:
     """Fit a label branch on latents ws float32 [N, num_ws, w_dim] and masks int [N, R, R] (R = the
     generator's resolution, values in [0, C)). real_images (float32 [N, 3, R, R] in [-1, 1]) are the
-    labeled images the discriminator sees as real pairs; default: the generator's images of ws."""
+    labeled images the discriminator sees as real pairs; default: the generator's images of ws. Runs on
+    G's device; random draws come from CPU generators, so every device draws the same batches."""
     fx = FeatureExtractor(G)
     res = G.cfg.resolution
+    dev = module_device(G)
     masks = torch.as_tensor(masks).long()
     if masks.shape != (ws.shape[0], res, res):
         raise ValueError(f"masks must be [{ws.shape[0]}, {res}, {res}] to match the latents, got {list(masks.shape)}")
+    masks = masks.to(dev)
     with torch.no_grad():
-        img, maps = fx.native(ws)
+        img, maps = fx.native(ws.to(dev))
     grouped = group_by_resolution(maps)
     channels = {g.shape[-1]: g.shape[1] for g in grouped}
     n_cls = len(class_names)
@@ -160,17 +176,17 @@ def fit_label_branch(G: Generator, ws: torch.Tensor, masks: torch.Tensor, class_
     cfg = LabelBranchConfig(**{**asdict(base), "n_classes": n_cls, "channels": channels})
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    branch = LabelBranch(cfg, class_names, _generator_id(G))
+    branch = LabelBranch(cfg, class_names, _generator_id(G)).to(dev)
     opt = torch.optim.Adam(branch.members.parameters(), lr=cfg.lr, betas=(0.5, 0.99))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     weight = class_weights(masks, n_cls, "sqrt")
-    real = img if real_images is None else real_images
-    D = PairDiscriminator(3 + n_cls, cfg.d_base) if cfg.adv_weight > 0 else None
+    real = img if real_images is None else real_images.to(dev)
+    D = PairDiscriminator(3 + n_cls, cfg.d_base).to(dev) if cfg.adv_weight > 0 else None
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(0.5, 0.99)) if D is not None else None
     t0, loss_ce, loss_adv = time.time(), float("nan"), 0.0
     branch.members.train()
     for step in range(cfg.steps):
-        idx = torch.randint(0, ws.shape[0], (min(cfg.batch, ws.shape[0]),), generator=g)
+        idx = torch.randint(0, ws.shape[0], (min(cfg.batch, ws.shape[0]),), generator=g).to(dev)
         x, y = [m[idx] for m in grouped], masks[idx]
         if torch.rand([], generator=g) < 0.5:
             x, y = [m.flip(-1) for m in x], y.flip(-1)
@@ -178,7 +194,7 @@ def fit_label_branch(G: Generator, ws: torch.Tensor, masks: torch.Tensor, class_
         loss = sum(F.cross_entropy(lg, y, weight=weight) for lg in logits) / len(logits)
         loss_ce = float(loss.detach())
         if D is not None and step >= cfg.adv_start:
-            z = torch.randn(len(idx), G.cfg.z_dim, generator=g)
+            z = torch.randn(len(idx), G.cfg.z_dim, generator=g).to(dev)
             with torch.no_grad():
                 f_img, f_maps = fx.native(G.map(z))
             member = step % cfg.members

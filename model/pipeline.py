@@ -16,7 +16,10 @@ the scripts) goes through it instead of wiring the pieces by hand:
 - ``certainty``         an image uncertainty score → the [0, 1] certainty shown to reviewers.
 
 Images cross this interface as uint8 [N, H, W, 3]; label maps as uint8 [N, H, W] with class ids in
-[0, C); latents as float32 [N, num_ws, w_dim].
+[0, C); latents as float32 [N, num_ws, w_dim] CPU tensors. The models run on the pipeline's ``device``
+(``DGAN_DEVICE`` unless given; :func:`model.device.resolve_device`): the generator and encoder are moved
+there at construction, and interpreters, label branches and segmenters when they are used or trained;
+whatever leaves the pipeline is numpy or on the CPU, whatever device it ran on.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .device import resolve_device
 from .features import FeatureExtractor
 from .generator.checkpoints import generator_id
 from .generator.stylegan2 import Generator
@@ -120,19 +124,25 @@ def certainty(score: float, n_classes: int) -> float:
 class Pipeline:
     """A generator and what is fitted to it; see the module docstring for the verbs."""
 
-    def __init__(self, G: Generator, encoder: LatentEncoder | None = None, inversion_steps: int = 30) -> None:
-        self.G = G.eval().requires_grad_(False)
-        self.encoder = encoder
+    def __init__(self, G: Generator, encoder: LatentEncoder | None = None, inversion_steps: int = 30,
+                 device: str | torch.device | None = None) -> None:
+        """``device``: where the models run (``cpu``, ``cuda``, ``cuda:N``, ``auto``; default ``DGAN_DEVICE``,
+        else the CPU). ``G`` and ``encoder`` are moved there."""
+        self.device = resolve_device(device)
+        self.G = G.to(self.device).eval().requires_grad_(False)
+        self.encoder = encoder.to(self.device) if encoder is not None else None
         self.inversion_steps = inversion_steps
 
     @classmethod
-    def load(cls, generator: str | None = None, encoder: str | None = None, inversion_steps: int = 30) -> "Pipeline":
+    def load(cls, generator: str | None = None, encoder: str | None = None, inversion_steps: int = 30,
+             device: str | torch.device | None = None) -> "Pipeline":
         """The shipped default generator and encoder, or the given checkpoints (an encoder is looked for
-        beside the generator when none is given)."""
+        beside the generator when none is given), on ``device`` (default ``DGAN_DEVICE``, else the CPU)."""
         from .generator.default import load_default_or, load_encoder_for
 
+        device = resolve_device(device)          # a wrong device fails before any checkpoint is read
         G = load_default_or(generator)
-        return cls(G, load_encoder_for(G, encoder), inversion_steps)
+        return cls(G, load_encoder_for(G, encoder), inversion_steps, device)
 
     @property
     def resolution(self) -> int:
@@ -170,19 +180,19 @@ class Pipeline:
         x = self.to_resolution(np.asarray(images))
         ws, psnr = [], []
         for i in range(0, len(x), batch):
-            res = invert(self.G, images_to_tensor(x[i:i + batch]), encoder=self.encoder, steps=steps)
-            ws.append(res.ws)
+            res = invert(self.G, images_to_tensor(x[i:i + batch]).to(self.device), encoder=self.encoder, steps=steps)
+            ws.append(res.ws.cpu())
             psnr.append(np.asarray(res.psnr_db, np.float32))
         return torch.cat(ws), np.concatenate(psnr)
 
     def seed_latents(self, seeds: list[int], psi: float = 1.0) -> torch.Tensor:
-        """W+ latents float32 [len(seeds), num_ws, w_dim]; seed s always gives the same latent."""
-        return latents_for_seeds(self.G, seeds, psi)
+        """W+ latents float32 [len(seeds), num_ws, w_dim] (CPU); seed s always gives the same latent."""
+        return latents_for_seeds(self.G, seeds, psi).cpu()
 
     @torch.no_grad()
     def sample_images(self, seeds: list[int], psi: float = 1.0, batch: int = 64) -> np.ndarray:
         """Generator samples of the seeds: uint8 [len(seeds), R, R, 3]."""
-        out = [to_uint8(self.G.synthesis(self.seed_latents(seeds[i:i + batch], psi), noise_mode="const"))
+        out = [to_uint8(self.G.synthesis(latents_for_seeds(self.G, seeds[i:i + batch], psi), noise_mode="const"))
                for i in range(0, len(seeds), batch)]
         return np.concatenate(out) if out else np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
 
@@ -200,7 +210,7 @@ class Pipeline:
                          seed: int = 0) -> LabelBranch:
         """Fit SemanticGAN's label branch on latents [N, num_ws, w_dim] and masks uint8 [N, R, R];
         ``images`` (uint8 [N, R, R, 3], the labeled images) are the discriminator's real pairs."""
-        real = images_to_tensor(self.to_resolution(images)) if images is not None else None
+        real = images_to_tensor(self.to_resolution(images)).to(self.device) if images is not None else None
         return fit_label_branch(self.G, ws, torch.as_tensor(np.asarray(masks)).long(), class_names, cfg, real, seed)
 
     def label(self, interp: Interpreter | LabelBranch, ws: torch.Tensor) -> tuple[np.ndarray, Prediction]:
@@ -252,10 +262,11 @@ class Pipeline:
         meta: dict = {"n_real": int(len(images)), "recipe": dict(r.__dict__)}
         if teacher is None:
             trained = train_segmenter(images, masks, n_cls, steps=r.teacher_steps, batch=r.batch, base=r.base, lr=r.lr,
-                                      seed=seed, should_stop=should_stop)
+                                      seed=seed, should_stop=should_stop, device=self.device)
             teacher = Segmenter(trained.model, class_names, self.generator_id)
             meta["teacher_seconds"] = round(trained.seconds, 1)
             log(f"teacher trained in {trained.seconds:.0f} s")
+        teacher.to(self.device)
         model = teacher.model
         if r.pool > 0:
             seeds = list(range(r.seed_offset + seed * r.pool, r.seed_offset + (seed + 1) * r.pool))
@@ -264,7 +275,7 @@ class Pipeline:
             meta["pool_ignored_frac"] = round(float((labels == IGNORE).mean()), 4)
             student = train_segmenter(images, masks, n_cls, steps=r.student_steps, batch=r.batch, base=r.base, lr=r.lr,
                                       seed=seed, extra_images=pool, extra_labels=labels, real_fraction=r.real_fraction,
-                                      extra_cutmix=r.cutmix, should_stop=should_stop)
+                                      extra_cutmix=r.cutmix, should_stop=should_stop, device=self.device)
             log(f"student trained in {student.seconds:.0f} s on {len(images)} real + {len(pool)} synthetic")
             meta["student_seconds"] = round(student.seconds, 1)
             model = student.model
@@ -282,13 +293,15 @@ class Pipeline:
             if interp is None:
                 raise ValueError("synthesize needs an interpreter or a segmenter to label the samples")
             return generate_chunk(self.G, interp, seeds, psi, fx=self.features)
+        segmenter.to(self.device)
         out: list[Sample] = []
         for i in range(0, len(seeds), batch):
             part = seeds[i:i + batch]
-            ws = self.seed_latents(part, psi)
+            ws = latents_for_seeds(self.G, part, psi)
             images = to_uint8(self.G.synthesis(ws, noise_mode="const"))
             pred = segmenter.label(images)
-            out += [Sample(int(s), ws[j].numpy(), images[j], pred.labels[j], float(pred.score[j]))
+            ws_np = ws.cpu().numpy()
+            out += [Sample(int(s), ws_np[j], images[j], pred.labels[j], float(pred.score[j]))
                     for j, s in enumerate(part)]
         return out
 

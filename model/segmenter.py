@@ -4,6 +4,10 @@ Used as the downstream segmenter of DatasetGAN (trained on real and synthesized 
 serves a project's pre-annotations once ready), as every U-Net baseline of the quality table (one
 recipe for all), and as the feature extractor of the GAN quality figure (Fréchet distance of its
 features, since no Inception weights exist offline).
+
+Device: training runs on ``train_segmenter(device=...)`` (default ``DGAN_DEVICE``), with batches drawn
+and augmented on the CPU as before and moved there; prediction runs on the model's device; results are
+numpy and checkpoints hold CPU tensors.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .device import module_device, resolve_device
 from .interpreter import Prediction
 
 
@@ -160,7 +165,8 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, step
                     desc: str = "unet", class_weighting: str = "sqrt", shift_px: int = 4, jitter: float = 0.2,
                     extra_images: np.ndarray | None = None, extra_labels: np.ndarray | None = None,
                     real_fraction: float = 0.5, init: UNet | None = None,
-                    extra_cutmix: bool = False, should_stop: Callable[[], bool] | None = None) -> SegTrainResult:
+                    extra_cutmix: bool = False, should_stop: Callable[[], bool] | None = None,
+                    device: str | torch.device | None = None) -> SegTrainResult:
     """Train a U-Net with class-weighted cross-entropy, AdamW, a one-cycle schedule and augmentation
     (:func:`augment`). The same recipe trains every U-Net of the product and of its baselines.
 
@@ -171,7 +177,8 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, step
     extra_cutmix: mix the second set's images in pairs (:func:`cutmix`), a strong augmentation that
     keeps a student from merely copying its teacher's pseudo-labels.
     should_stop: asked every ``STOP_CHECK_EVERY`` steps; when it answers True, :class:`TrainingStopped`
-    is raised (a job makes way for a fit instead of delaying it by minutes)."""
+    is raised (a job makes way for a fit instead of delaying it by minutes).
+    device: where to train (default ``DGAN_DEVICE``, else the CPU); the returned model stays there."""
     if len(images) != len(labels) or len(images) == 0:
         raise ValueError(f"need the same non-zero number of images and labels, got {len(images)} and {len(labels)}")
     for name, lab in (("labels", labels), ("extra_labels", extra_labels)):
@@ -181,12 +188,13 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, step
         raise ValueError("extra_images and extra_labels go together, with one label map per image")
     if not 0 < real_fraction <= 1:
         raise ValueError(f"real_fraction must be in (0, 1], got {real_fraction}")
+    dev = resolve_device(device)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = UNet(UNetConfig(n_classes=n_classes, base=base) if init is None else init.cfg)
     if init is not None:
         model.load_state_dict(init.state_dict())
-    model.train()
+    model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1 if steps >= 20 else 0.5)
     x_all, y_all = to_input(images), torch.from_numpy(labels.astype(np.int64))
@@ -198,6 +206,8 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, step
     else:
         n_real = batch
         weight = class_weights(y_all, n_classes, class_weighting)
+    if weight is not None:
+        weight = weight.to(dev)
     t0 = time.time()
     loss_val = float("nan")
     for step in tqdm(range(steps), disable=not progress, desc=desc, unit="step"):
@@ -212,6 +222,7 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, step
                 xe, ye = cutmix(xe, ye, g)
             x, y = torch.cat([x, xe]), torch.cat([y, ye])
         x, y = augment(x, y, g, shift_px, jitter)
+        x, y = x.to(dev), y.to(dev)
         loss = F.cross_entropy(model(x), y, weight=weight, ignore_index=IGNORE)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -224,15 +235,16 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, n_classes: int, step
 @torch.no_grad()
 def predict_probs(model: UNet, images: np.ndarray, batch: int = 64, flip_tta: bool = True) -> np.ndarray:
     """uint8 images [N, H, W, 3] → class probabilities float32 [N, C, H, W] (averaged with the mirrored
-    image's when ``flip_tta``)."""
+    image's when ``flip_tta``). Runs on the model's device."""
     model.eval()
+    dev = module_device(model)
     out = []
     for i in range(0, len(images), batch):
-        x = to_input(images[i:i + batch])
+        x = to_input(images[i:i + batch]).to(dev)
         p = model(x).softmax(1)
         if flip_tta:
             p = (p + model(x.flip(3)).softmax(1).flip(3)) / 2
-        out.append(p)
+        out.append(p.cpu())
     return torch.cat(out).numpy()
 
 
@@ -256,7 +268,9 @@ def pseudo_labels(probs: np.ndarray, min_confidence: float = 0.0) -> np.ndarray:
 def embed(model: UNet, images: np.ndarray, batch: int = 128) -> np.ndarray:
     """uint8 images [N, H, W, 3] → feature vectors float64 [N, D] (see :meth:`UNet.embed`)."""
     model.eval()
-    return torch.cat([model.embed(to_input(images[i:i + batch])) for i in range(0, len(images), batch)]).double().numpy()
+    dev = module_device(model)
+    return torch.cat([model.embed(to_input(images[i:i + batch]).to(dev)).cpu()
+                      for i in range(0, len(images), batch)]).double().numpy()
 
 
 class Segmenter:
@@ -268,6 +282,15 @@ class Segmenter:
             raise ValueError(f"{len(class_names)} class names for a U-Net of {model.cfg.n_classes} classes")
         self.model, self.class_names = model.eval(), list(class_names)
         self.generator_id, self.meta = generator_id, meta or {}
+
+    @property
+    def device(self) -> torch.device:
+        return module_device(self.model)
+
+    def to(self, device: str | torch.device) -> "Segmenter":
+        """Move the U-Net to ``device`` (in place); :meth:`label` runs there. Returns self."""
+        self.model.to(device)
+        return self
 
     @torch.no_grad()
     def label(self, images: np.ndarray, batch: int = 64) -> Prediction:
@@ -283,8 +306,9 @@ class Segmenter:
                              flat.topk(top, dim=1).values.mean(1).numpy())
 
     def save(self, path: str | Path) -> Path:
-        """Write config, class names, generator id, weights and ``meta`` atomically."""
-        return save_checkpoint(path, "unet", {"config": self.model.cfg.to_dict(), "state_dict": self.model.state_dict(),
+        """Write config, class names, generator id, weights (CPU tensors) and ``meta`` atomically."""
+        state = {k: v.cpu() for k, v in self.model.state_dict().items()}
+        return save_checkpoint(path, "unet", {"config": self.model.cfg.to_dict(), "state_dict": state,
                                               "class_names": self.class_names, "generator_id": self.generator_id,
                                               "meta": self.meta})
 

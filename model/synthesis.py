@@ -27,6 +27,7 @@ from PIL import Image
 
 from .domain.dataset import save_label_png, write_labels_json
 from .domain.render import LABEL_COLORS
+from .device import module_device
 from .features import FeatureExtractor
 from .generator.checkpoints import generator_id
 from .generator.stylegan2 import Generator
@@ -44,10 +45,11 @@ class Sample:
 
 
 def latents_for_seeds(G: Generator, seeds: list[int], psi: float = 1.0) -> torch.Tensor:
-    """W+ latents float32 [len(seeds), num_ws, w_dim]; seed s always gives the same latent."""
+    """W+ latents float32 [len(seeds), num_ws, w_dim] on G's device; seed s always gives the same latent
+    (z is drawn on the CPU, whatever the device)."""
     z = torch.stack([torch.randn(G.cfg.z_dim, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
     with torch.no_grad():
-        return G.map(z, psi=psi)
+        return G.map(z.to(module_device(G)), psi=psi)
 
 
 def generate_chunk(G: Generator, interp: Interpreter, seeds: list[int], psi: float = 1.0, batch: int = 16,
@@ -60,9 +62,9 @@ def generate_chunk(G: Generator, interp: Interpreter, seeds: list[int], psi: flo
         ws = latents_for_seeds(G, part, psi)
         img, maps = fx.native(ws, "const")
         pred = interp.predict_native(maps, fx.resolution)
-        imgs = to_uint8(img)
+        imgs, ws_np = to_uint8(img), ws.cpu().numpy()
         for j, s in enumerate(part):
-            out.append(Sample(int(s), ws[j].numpy(), imgs[j], pred.labels[j], float(pred.score[j])))
+            out.append(Sample(int(s), ws_np[j], imgs[j], pred.labels[j], float(pred.score[j])))
     return out
 
 

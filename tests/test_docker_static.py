@@ -42,6 +42,21 @@ def test_compose_services_and_environment():
     assert used <= set(ENV_DOC), used - set(ENV_DOC)
 
 
+def test_gpu_override_puts_backend_and_worker_on_cuda():
+    yaml = pytest.importorskip("yaml")
+    base = yaml.safe_load((ROOT / "docker" / "compose.yml").read_text())["services"]
+    gpu = yaml.safe_load((ROOT / "docker" / "compose.gpu.yml").read_text())["services"]
+    assert set(gpu) == {"backend", "worker"} <= set(base)
+    assert gpu["backend"]["build"]["args"]["TORCH_INDEX"].startswith("https://download.pytorch.org/whl/cu")
+    assert "TORCH_INDEX" in DOCKERFILE and "context" not in gpu["backend"]["build"]    # the base file's context
+    from ls_backend.config import ENV_DOC
+
+    for name in ("backend", "worker"):
+        assert gpu[name]["environment"] == {"DGAN_DEVICE": "cuda"} and "DGAN_DEVICE" in ENV_DOC
+        devices = gpu[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+
+
 def test_dockerfile_copies_what_exists_and_pins_torch():
     for src in re.findall(r"^COPY (?!--from)(\S+)", DOCKERFILE, flags=re.M):
         assert (ROOT / src).exists(), src

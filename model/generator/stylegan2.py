@@ -307,6 +307,6 @@ class Generator(nn.Module):
                noise_mode: str = "const") -> torch.Tensor:
         """n images for seeds drawn from ``seed``: float32 [n, C, res, res] in [-1, 1] (clamped)."""
         g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.cfg.z_dim, generator=g)
+        z = torch.randn(n, self.cfg.z_dim, generator=g).to(self.mapping.w_avg.device)   # the same z on any device
         out = [self(z[i:i + batch_size], psi=psi, noise_mode=noise_mode) for i in range(0, n, batch_size)]
         return torch.cat(out).clamp(-1, 1)
