@@ -1,7 +1,8 @@
 """Lossless segmentation exports: COCO (compressed RLE via pycocotools) and Pascal VOC.
 
 Label Studio cannot export brush masks losslessly (its BRUSH_TO_COCO turns masks into polygons, loses
-holes and specks, skips data-URI tasks). Here every mask is written pixel-exact:
+holes and specks, skips data-URI tasks). Here every mask is written pixel-exact (a project's polygon
+annotations and predictions are rasterized first, as a fit reads them: :func:`ls_backend.brush.results_to_mask`):
 - COCO: ``images/`` + ``annotations.json``; one annotation per (image, class) region with RLE
   ``segmentation`` (holes kept), ``area`` = pixel count, ``bbox`` [x, y, w, h]; categories in
   label-config order, ids 1..K.
