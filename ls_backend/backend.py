@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
 import torch
 
 from .brush import LabelMap, mask_to_results, parse_label_config, results_to_mask, validate_results
+from .client import LabelStudioError
 from .config import Settings
 from .fetch import fetch_task_image
 from .fit_guard import annotations_digest, unchanged_fit
@@ -57,6 +58,7 @@ class Backend:
         self._lock = threading.Lock()
         self._interpreters: dict[int, tuple[int, object]] = {}
         self._segmenters: dict[int, tuple[int, object]] = {}
+        self._refiners: dict[str, object] = {}
         self._labeled: dict[tuple, np.ndarray | None] = {}   # labeled_embeddings per (project, version, kind)
 
     # -- lazily loaded, cached models -----------------------------------------------------------
@@ -99,6 +101,30 @@ class Backend:
         return self._cached(self._segmenters, project, self.store.latest_segmenter(project),
                             lambda v: Segmenter.load(self.store.segmenter_path(project, v),
                                                      generator_id=self.generator_id).to(self.pipeline.device))
+
+    def refiner_file(self, project: int) -> str:
+        """The project's newest refiner (trained by the segmenter job when its images drifted), for
+        ``dgan push --refine``; a clear error when it has none."""
+        version = self.store.latest_refiner(project)
+        if not version:
+            seg_version = self.store.latest_segmenter(project)
+            drift = (self.store.version_meta(project, seg_version).get("segmenter", {}).get("drift")
+                     if seg_version else None)
+            why = (f"its images did not drift from the generator's (drift {drift['ratio']}× the floor, threshold 3)"
+                   if drift else "its segmenter has not measured drift yet (train it, with DGAN_REFINE=auto)")
+            raise ValueError(f"project {project} has no refiner: {why}. Train one with `dgan refine train "
+                             f"--project {project} --out refiner.pt` and pass --refiner refiner.pt, or push without "
+                             "--refine")
+        return str(self.store.refiner_path(project, version))
+
+    def load_refiner(self, path: str):
+        """A refiner file (cached by path), checked against this generator, on the pipeline's device."""
+        from model.refiner import Refiner
+
+        with self._lock:
+            if path not in self._refiners:
+                self._refiners[path] = Refiner.load(path, generator_id=self.generator_id).to(self.pipeline.device)
+            return self._refiners[path]
 
     def _cached(self, cache: dict, project: int, version: int, load):
         """(version, model) from ``cache``, loading version ``version`` when it is newer; (0, None) for 0."""
@@ -357,15 +383,51 @@ class Backend:
             _, interp = self.interpreter(project)
             class_names = interp.class_names
         recipe = SegmenterRecipe.quick() if self.settings.segmenter_recipe == "quick" else SegmenterRecipe()
+        recipe = replace(recipe, refine=self.settings.refine)
+        unlabeled = self.project_images(project, self.settings.drift_images) if recipe.refine != "never" else None
         try:
             seg = self.pipeline.train_segmenter(images, masks, class_names, recipe, seed=version,
                                                 log=lambda m: log.info("project %s %s: %s", project, name, m),
-                                                should_stop=should_stop)
+                                                should_stop=should_stop, unlabeled=unlabeled,
+                                                refiner_state=self.store.refiner_state_path(project, version))
         except TrainingStopped as e:
             return {"model_version": name, "stopped": f"a fit is waiting; it queues the segmenter again ({e})"}
         seg.meta.update({"model_version": name, "trained_after": model_version_name(version)})
+        if seg.refiner is not None:
+            seg.refiner.save(self.store.refiner_path(project, version))
         seg.save(path)
-        return {"model_version": name, "seconds": seg.meta["seconds"], "n_real": seg.meta["n_real"]}
+        summary = {"model_version": name, "seconds": seg.meta["seconds"], "n_real": seg.meta["n_real"]}
+        for key in ("drift", "refiner"):
+            if key in seg.meta:
+                summary[key] = seg.meta[key]
+        # the fit report (/versions, the version's .json) gains what the segmenter measured
+        self.store.update_version_meta(project, version, {"segmenter": {k: v for k, v in summary.items()
+                                                                        if k != "model_version"}})
+        return summary
+
+    def project_images(self, project: int, limit: int) -> np.ndarray | None:
+        """Up to ``limit`` of the project's own task images (pushed synthetic tasks left out) at the
+        generator's resolution, uint8 [N, R, R, 3]; None when there are none or Label Studio cannot be
+        read (drift is then not measured; the segmenter trains as usual)."""
+        if limit <= 0:
+            return None
+        out: list[np.ndarray] = []
+        try:
+            label_map = parse_label_config(self.client.label_config(project))
+            for task in self.client.iter_tasks(project):
+                data = task.get("data") or {}
+                if any(data.get(k) is not None for k in SEED_KEYS):
+                    continue
+                try:
+                    out.append(self.pipeline.to_resolution(self.load_task_image(task, label_map).image))
+                except ValueError as e:
+                    log.info("project %s task %s left out of the drift measurement: %s", project, task.get("id"), e)
+                if len(out) >= limit:
+                    break
+        except LabelStudioError as e:
+            log.warning("project %s: task images not read, drift not measured (%s)", project, e)
+            return None
+        return np.stack(out) if out else None
 
 
 def untrained_entry() -> dict:

@@ -38,6 +38,10 @@ ENV_DOC = {
                          "label-branch, or auto (cross-validate both per fit, keep the better)",
     "DGAN_SEGMENTER": "After each fit, train the U-Net that then serves /predict: default (about 5 min at 64 px on "
                       "2 cores), quick (seconds; smoke tests) or off (the interpreter serves)",
+    "DGAN_REFINE": "Domain drift (SimGAN): auto (default) measures how far the project's task images are from the "
+                   "generator's samples and, when far, trains a refiner so the segmenter learns their look; "
+                   "always; never",
+    "DGAN_DRIFT_IMAGES": "Task images the segmenter job reads to measure drift and train the refiner (default 500)",
     "DGAN_DEVICE": "Where the models run: cpu (default), cuda, cuda:N or auto (cuda when torch sees a GPU, else "
                    "cpu); cuda without a visible GPU is refused at start",
 }
@@ -67,6 +71,8 @@ class Settings:
     segmenter_recipe: str = "default"     # "default", "quick" (tests, smoke runs) or "off"
     label_source: str = "interpreter"     # "interpreter", "label-branch" or "auto" (the better by cross-validation)
     device: str | None = None             # "cpu", "cuda", "cuda:N" (from_env resolves DGAN_DEVICE); None: DGAN_DEVICE
+    refine: str = "auto"                  # "auto" (refiner when the project drifted), "always" or "never"
+    drift_images: int = 500               # task images read for drift and the refiner
 
     @property
     def keys(self) -> RedisKeys:
@@ -140,6 +146,11 @@ class Settings:
                             "label-branch (SemanticGAN's conv label branch) or auto (cross-validate both at "
                             "every fit, keep the better; about 2 min more per fit at 64 px)")
             label_source = "interpreter"
+        refine = (env.get("DGAN_REFINE") or "auto").strip().lower()
+        if refine not in ("auto", "always", "never"):
+            problems.append(f"DGAN_REFINE={refine!r} must be auto (train a SimGAN refiner when the project's images "
+                            "drifted from the generator's), always, or never")
+            refine = "auto"
         from model.device import DeviceError, resolve_device
 
         try:
@@ -162,7 +173,8 @@ class Settings:
             max_request_bytes=int(number("DGAN_MAX_REQUEST_BYTES", 32 << 20, int, 1024)),
             max_request_pixels=int(number("DGAN_MAX_REQUEST_PIXELS", 100_000_000, int, 1)),
             keep_versions=int(number("DGAN_KEEP_VERSIONS", 5, int, 1)),
-            redis_prefix=prefix, segmenter_recipe=segmenter, label_source=label_source, device=device)
+            redis_prefix=prefix, segmenter_recipe=segmenter, label_source=label_source, device=device,
+            refine=refine, drift_images=int(number("DGAN_DRIFT_IMAGES", 500, int, 0)))
         if settings.max_request_pixels < settings.max_image_pixels:
             problems.append(f"DGAN_MAX_REQUEST_PIXELS={settings.max_request_pixels} is below DGAN_MAX_IMAGE_PIXELS="
                             f"{settings.max_image_pixels}: one allowed image would already be refused; raise it")

@@ -10,6 +10,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -252,9 +253,16 @@ def bench_synthesis(generator: str | None = None, interpreter: str | None = None
 
 
 def bench_quality(generator: str | None = None, quick: bool = False, out_dir: str | None = None,
-                  unet_steps: int | None = None, draws: int | None = None, device: str | None = None) -> dict:
+                  unet_steps: int | None = None, draws: int | None = None, device: str | None = None,
+                  rows: str = "all", refiner: str | None = None) -> dict:
     """The DatasetGAN comparison table (see model/quality_table.py); ``quick`` is a minutes-long smoke run.
-    With ``out_dir`` the table so far is written after every draw, and the whole table at the end."""
+    With ``out_dir`` the table so far is written after every draw, and the whole table at the end (and the
+    domain-shift refiner's training state while it trains: a stopped run resumes it).
+    ``rows``: ``all``; ``default`` (no domain-shift rows); ``shifted`` (the domain-shift rows and the
+    baselines they are compared with, no ceiling or synthetic-size rows). ``refiner``: a refiner checkpoint
+    trained on unlabeled shifted images (``dgan refine train``) to use instead of training one."""
+    if rows not in ("all", "default", "shifted"):
+        raise ValueError(f"rows must be all, default or shifted, got {rows!r}")
     from .pipeline import Pipeline
     from .quality_table import QualitySettings, run_quality, write
 
@@ -266,13 +274,19 @@ def bench_quality(generator: str | None = None, quick: bool = False, out_dir: st
         settings.unet_steps = unet_steps
     if draws:
         settings.draws = draws
+    settings.domain_shift = rows != "default"
+    settings.default_rows = rows != "shifted"
 
     def save(report: dict) -> None:
         if out_dir:
             write({**report, "machine": machine(dev)}, out_dir)
 
     pipe = Pipeline.load(generator, inversion_steps=settings.inversion_steps, device=dev)
-    report = run_quality(pipe, settings, log=lambda m: print(m, file=sys.stderr, flush=True), on_partial=save)
+    from .refiner import Refiner
+
+    trained = Refiner.load(refiner, pipe.generator_id) if refiner else None
+    report = run_quality(pipe, settings, log=lambda m: print(m, file=sys.stderr, flush=True), on_partial=save,
+                         refiner_state=Path(out_dir) / "refiner.state" if out_dir else None, refiner=trained)
     save(report)
     return {**report, "machine": machine(dev)}
 

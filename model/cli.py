@@ -218,7 +218,8 @@ def bench_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     elif a.what == "labeling-order":
         kwargs.update(quick=a.quick, draws=a.draws)
     elif a.what == "quality":
-        kwargs.update(quick=a.quick, out_dir=a.out_dir, unet_steps=a.unet_steps, draws=a.draws)
+        kwargs.update(quick=a.quick, out_dir=a.out_dir, unet_steps=a.unet_steps, draws=a.draws, rows=a.rows,
+                      refiner=a.refiner)
     return kwargs
 
 
@@ -236,8 +237,12 @@ def _cmd_bench(a: argparse.Namespace, extra: Mapping[str, ExtraBench]) -> int:
 
 
 def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, ExtraBench] | None = None,
-                 bench_options: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+                 bench_options: Callable[[argparse.ArgumentParser], None] | None = None,
+                 project_images: Callable | None = None) -> None:
     """Register the model commands on ``sub`` (the ``dgan`` parser's subparsers).
+
+    ``project_images``: the backend's reader of a Label Studio project's task images, for
+    ``dgan refine train --project`` (see model.refine_cli).
 
     ``extra_benches``: more ``dgan bench`` targets (name → function of the parsed arguments returning the
     result dict), run instead of model/bench.py's; ``bench_options`` adds their flags to ``dgan bench``
@@ -357,6 +362,10 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     add_device_option(sy)
     sy.set_defaults(func=_cmd_synthesize)
 
+    from model.refine_cli import add_refine_commands
+
+    add_refine_commands(sub, add_device_option, project_images)
+
     b = sub.add_parser("bench", help="benchmarks (JSON)")
     b.add_argument("what", choices=[*MODEL_BENCHES, *extra])
     if bench_options is not None:
@@ -373,4 +382,9 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
                    help="quality: steps of the few-shot U-Net and the teacher (default 800; the student 1.5×)")
     b.add_argument("--draws", type=int, default=None, help="quality, labeling-order: draws of the labeled images "
                                                             "(default 3)")
+    b.add_argument("--rows", choices=("all", "default", "shifted"), default="all",
+                   help="quality: every row, only the default-domain ones, or the domain-shift (refiner) rows "
+                        "with the baselines they are compared with")
+    b.add_argument("--refiner", default=None, help="quality: a refiner trained on unlabeled shifted images "
+                                                   "(dgan refine train) instead of training one")
     b.set_defaults(func=partial(_cmd_bench, extra=extra))

@@ -179,12 +179,17 @@ class DiscriminatorFeatureLoss:
 def invert(G: Generator, images: torch.Tensor, encoder: LatentEncoder | None = None, steps: int = 30,
            lr: float = 0.05, latent_weight: float = 1e-3,
            feature_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-           seed: int = 0) -> InversionResult:
+           seed: int = 0, appearance: Callable[[torch.Tensor], torch.Tensor] | None = None) -> InversionResult:
     """Invert images float32 [N, 3, R, R] in [-1, 1] into W+ (batched; deterministic given ``seed``).
 
     Start: the encoder's estimate (or w_avg without one). Then ``steps`` Adam steps with a cosine-decayed
     learning rate on ‖G(w) − x‖² (+ ``feature_loss``) + latent_weight·‖w − w_start‖². Runs on G's device
-    (``images`` are moved there; ``ws`` and ``images`` of the result stay there, the PSNRs are numpy)."""
+    (``images`` are moved there; ``ws`` and ``images`` of the result stay there, the PSNRs are numpy).
+
+    ``appearance``: a differentiable map of generated images to the look of ``images`` (a SimGAN refiner
+    trained on their domain): the loss then compares ``appearance(G(w))`` with them, so a drifted image
+    still finds the latent of its geometry (out-of-domain inversion); the encoder's start is computed
+    from the images as they are."""
     torch.manual_seed(seed)
     G = G.eval().requires_grad_(False)
     images = images.to(module_device(G))
@@ -192,13 +197,14 @@ def invert(G: Generator, images: torch.Tensor, encoder: LatentEncoder | None = N
     with torch.no_grad():
         start = encoder(G, images) if encoder is not None else G.mapping.w_avg.expand(
             images.shape[0], G.num_ws, -1).clone()
-        psnr0 = psnr(G.synthesis(start), images)
+        look = appearance if appearance is not None else (lambda img: img)
+        psnr0 = psnr(look(G.synthesis(start)), images)
     ws = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([ws], lr=lr, betas=(0.9, 0.999))
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
-        img = G.synthesis(ws)
+        img = look(G.synthesis(ws))
         loss = (img - images).square().mean(dim=[1, 2, 3]).sum()
         if feature_loss is not None:
             loss = loss + feature_loss(img, images)
@@ -208,7 +214,7 @@ def invert(G: Generator, images: torch.Tensor, encoder: LatentEncoder | None = N
         opt.step()
     with torch.no_grad():
         final = ws.detach()
-        recon = G.synthesis(final)
+        recon = look(G.synthesis(final))
     return InversionResult(final, recon, psnr(recon, images).cpu().numpy(), psnr0.cpu().numpy(), steps,
                            time.time() - t0)
 

@@ -45,6 +45,8 @@ from .inversion import LatentEncoder, images_to_tensor, invert
 from .label_branch import LabelBranch, LabelBranchConfig, fit_label_branch
 from .labeling import fit_from_latents, label_latents
 from .metrics import confusion, iou_from_confusion, per_class_percent
+from .drift import measure_drift
+from .refiner import Refiner, RefinerConfig, train_refiner
 from .segmenter import IGNORE, Segmenter, pseudo_labels, train_segmenter
 from .synthesis import Sample, generate_chunk, latents_for_seeds
 
@@ -69,12 +71,22 @@ class SegmenterRecipe:
     lr: float = 2e-3
     psi: float = 1.0
     seed_offset: int = 50_000_000     # pool seeds start here (far from pushed seeds)
+    # Domain drift (SimGAN): "auto" trains a refiner on the project's unlabeled images when their drift
+    # from the generator's samples is large (model.drift), "always" whenever unlabeled images are given,
+    # "never" not at all. The student then learns from the pool and its refined copy, labels unchanged.
+    refine: str = "auto"
+    refiner_steps: int = 1500
+    refiner_self_reg: float = 10.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def quick(cls) -> "SegmenterRecipe":
         """A seconds-long recipe for tests and smoke runs (quality far below the default's)."""
-        return cls(teacher_steps=20, student_steps=20, pool=32, batch=4, base=4, lr=1e-2)
+        return cls(teacher_steps=20, student_steps=20, pool=32, batch=4, base=4, lr=1e-2, refiner_steps=20)
+
+    def __post_init__(self) -> None:
+        if self.refine not in ("auto", "always", "never"):
+            raise ValueError(f"refine must be 'auto', 'always' or 'never', got {self.refine!r}")
 
 
 @dataclass
@@ -173,14 +185,22 @@ class Pipeline:
         return np.asarray(Image.fromarray(masks).resize((width, height), Image.NEAREST))
 
     # -- latents ------------------------------------------------------------------------------------
-    def invert(self, images: np.ndarray, steps: int | None = None, batch: int = 50) -> tuple[torch.Tensor, np.ndarray]:
+    def invert(self, images: np.ndarray, steps: int | None = None, batch: int = 50,
+               refiner: Refiner | None = None) -> tuple[torch.Tensor, np.ndarray]:
         """uint8 images [N, H, W, 3] (any size; resized to R) → (W+ float32 [N, num_ws, w_dim],
-        reconstruction PSNR float32 [N] in dB)."""
+        reconstruction PSNR float32 [N] in dB). ``refiner``: one trained on these images' domain (drifted
+        from the generator's): the latents are found through it (out-of-domain inversion; see
+        :func:`model.inversion.invert`)."""
         steps = self.inversion_steps if steps is None else steps
         x = self.to_resolution(np.asarray(images))
+        look = None
+        if refiner is not None:
+            refiner.to(self.device).net.eval().requires_grad_(False)
+            look = refiner.net
         ws, psnr = [], []
         for i in range(0, len(x), batch):
-            res = invert(self.G, images_to_tensor(x[i:i + batch]).to(self.device), encoder=self.encoder, steps=steps)
+            res = invert(self.G, images_to_tensor(x[i:i + batch]).to(self.device), encoder=self.encoder, steps=steps,
+                         appearance=look)
             ws.append(res.ws.cpu())
             psnr.append(np.asarray(res.psnr_db, np.float32))
         return torch.cat(ws), np.concatenate(psnr)
@@ -248,14 +268,21 @@ class Pipeline:
     def train_segmenter(self, images: np.ndarray, masks: np.ndarray, class_names: list[str],
                         recipe: SegmenterRecipe | None = None, seed: int = 0, teacher: Segmenter | None = None,
                         log: Callable[[str], None] = lambda _m: None,
-                        should_stop: Callable[[], bool] | None = None) -> Segmenter:
+                        should_stop: Callable[[], bool] | None = None, unlabeled: np.ndarray | None = None,
+                        refiner: Refiner | None = None, refiner_state: str | Path | None = None) -> Segmenter:
         """Labeled real images uint8 [N, R, R, 3] and masks uint8 [N, R, R] → a :class:`Segmenter`.
 
         Teacher on the real images → pseudo-labels for ``recipe.pool`` generator samples → student on
         both (see :class:`SegmenterRecipe`). ``teacher``: one already trained on these images with this
         recipe (skips that step). ``meta`` records timings and how much of the pool was used.
         ``should_stop`` is asked every few steps; True ends training with
-        :class:`~model.segmenter.TrainingStopped`."""
+        :class:`~model.segmenter.TrainingStopped`.
+
+        Domain drift: ``unlabeled`` (uint8 [M, R, R, 3], the project's task images) is measured against
+        the pool in the teacher's features (``meta["drift"]``, :mod:`model.drift`); when it has drifted
+        (``recipe.refine``), a SimGAN refiner is trained on the pool towards those images (resumable through
+        ``refiner_state``) unless ``refiner`` is given, and the student learns from the pool and its refined
+        copy with the same pseudo-labels. The refiner is returned as the segmenter's ``refiner``."""
         r = recipe or SegmenterRecipe()
         n_cls = len(class_names)
         t0 = time.time()
@@ -273,14 +300,43 @@ class Pipeline:
             pool = self.sample_images(seeds, r.psi)
             labels = pseudo_labels(teacher.label(pool).probs, r.min_confidence)
             meta["pool_ignored_frac"] = round(float((labels == IGNORE).mean()), 4)
+            refiner = self._adapt(teacher, pool, unlabeled, r, seed, refiner, refiner_state, meta, log, should_stop)
+            extra_images, extra_labels = pool, labels
+            if refiner is not None:
+                extra_images = np.concatenate([pool, refiner.refine(pool)])
+                extra_labels = np.concatenate([labels, labels])
             student = train_segmenter(images, masks, n_cls, steps=r.student_steps, batch=r.batch, base=r.base, lr=r.lr,
-                                      seed=seed, extra_images=pool, extra_labels=labels, real_fraction=r.real_fraction,
-                                      extra_cutmix=r.cutmix, should_stop=should_stop, device=self.device)
-            log(f"student trained in {student.seconds:.0f} s on {len(images)} real + {len(pool)} synthetic")
+                                      seed=seed, extra_images=extra_images, extra_labels=extra_labels,
+                                      real_fraction=r.real_fraction, extra_cutmix=r.cutmix, should_stop=should_stop,
+                                      device=self.device)
+            log(f"student trained in {student.seconds:.0f} s on {len(images)} real + {len(extra_images)} synthetic")
             meta["student_seconds"] = round(student.seconds, 1)
             model = student.model
+        else:
+            refiner = None
         meta["seconds"] = round(time.time() - t0, 1)
-        return Segmenter(model, class_names, self.generator_id, meta)
+        seg = Segmenter(model, class_names, self.generator_id, meta)
+        seg.refiner = refiner
+        return seg
+
+    def _adapt(self, teacher: Segmenter, pool: np.ndarray, unlabeled: np.ndarray | None, r: SegmenterRecipe,
+               seed: int, refiner: Refiner | None, refiner_state, meta: dict, log, should_stop) -> Refiner | None:
+        """Drift of ``unlabeled`` from ``pool`` into ``meta``; the refiner to use (given, trained, or None)."""
+        if unlabeled is None or len(unlabeled) < 8 or len(pool) < 16 or r.refine == "never":
+            if refiner is not None:
+                meta["refiner"] = dict(refiner.meta)
+            return refiner           # too few images to measure drift (or not asked to): as given
+        drift = measure_drift(teacher.model, unlabeled, pool)
+        meta["drift"] = drift.to_dict()
+        log(f"drift of the project's images: {drift.ratio}x the floor ({'drifted' if drift.drifted else 'no drift'})")
+        if refiner is None and (drift.drifted or r.refine == "always"):
+            refiner = train_refiner(pool, unlabeled, RefinerConfig(steps=r.refiner_steps, self_reg=r.refiner_self_reg),
+                                    seed=seed, generator_id=self.generator_id, state_path=refiner_state,
+                                    should_stop=should_stop, log=log, device=self.device)
+            log(f"refiner trained in {refiner.meta['seconds']:.0f} s on {len(unlabeled)} project images")
+        if refiner is not None:
+            meta["refiner"] = dict(refiner.meta)
+        return refiner
 
     # -- synthesis -------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -282,6 +282,9 @@ class Segmenter:
             raise ValueError(f"{len(class_names)} class names for a U-Net of {model.cfg.n_classes} classes")
         self.model, self.class_names = model.eval(), list(class_names)
         self.generator_id, self.meta = generator_id, meta or {}
+        # The SimGAN refiner (model.refiner.Refiner) its student learned from when the project's images had
+        # drifted from the generator's (Pipeline.train_segmenter); saved separately; push --refine uses it.
+        self.refiner = None
 
     @property
     def device(self) -> torch.device:
