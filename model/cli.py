@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 # The benchmarks of model/bench.py (named here so that building the parser imports no torch).
-MODEL_BENCHES = ("generator", "interpreter", "inversion", "synthesis", "quality", "labeling-order")
+MODEL_BENCHES = ("generator", "interpreter", "inversion", "synthesis", "quality", "labeling-order", "refiner")
 
 ExtraBench = Callable[[argparse.Namespace], dict[str, Any]]
 

@@ -75,7 +75,7 @@ class SegmenterRecipe:
     # from the generator's samples is large (model.drift), "always" whenever unlabeled images are given,
     # "never" not at all. The student then learns from the pool and its refined copy, labels unchanged.
     refine: str = "auto"
-    refiner_steps: int = 1500
+    refiner_steps: int = 1200
     refiner_self_reg: float = 10.0
     extra: dict = field(default_factory=dict)
 

@@ -1,6 +1,6 @@
 """``dgan refine``: train SimGAN's refiner on a folder of unlabeled real images, apply it, show it.
 
-    dgan refine train --real FOLDER --out refiner.pt [--steps 1500] [--generator G.pt]
+    dgan refine train --real FOLDER --out refiner.pt [--steps 1200] [--generator G.pt]
     dgan refine apply --refiner refiner.pt --images FOLDER --out FOLDER
     dgan refine grid  --refiner refiner.pt --real FOLDER --out grid.png
 
@@ -30,7 +30,7 @@ def _real_images(folder: str, size: int, limit: int) -> np.ndarray:
     return load_image_folder(folder, size, limit).permute(0, 2, 3, 1).numpy()
 
 
-def train_from_images(real: np.ndarray, out: str | Path, generator: str | None = None, steps: int = 1500,
+def train_from_images(real: np.ndarray, out: str | Path, generator: str | None = None, steps: int = 1200,
                       pool: int = 2000, self_reg: float = 10.0, seed: int = 0, device: str | None = None) -> dict:
     """Train a refiner for ``generator``'s samples towards ``real`` (uint8 [N, R, R, 3]); write it to
     ``out`` (resumable through ``<out>.state``) and return its summary."""
@@ -114,7 +114,7 @@ def add_refine_commands(sub: argparse._SubParsersAction, add_device_option,
         t.add_argument("--project", type=int, help="or: a Label Studio project whose task images are the target")
     t.add_argument("--out", required=True, help="refiner checkpoint to write")
     t.add_argument("--generator", default=None, help="default: the shipped generator")
-    t.add_argument("--steps", type=int, default=1500)
+    t.add_argument("--steps", type=int, default=1200)
     t.add_argument("--pool", type=int, default=2000, help="generator samples to refine during training")
     t.add_argument("--self-reg", type=float, default=10.0, help="weight of the structure-keeping term")
     t.add_argument("--limit", type=int, default=5000, help="use at most this many real images")

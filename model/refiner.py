@@ -48,7 +48,7 @@ class RefinerConfig:
     self_reg: float = 1.0         # λ of the self-regularization term
     lr: float = 5e-4              # Adam, betas (0.5, 0.999), for the refiner and the discriminator
     batch: int = 16
-    steps: int = 1500
+    steps: int = 1200
     history: int = 512            # images kept in the history buffer
     history_frac: float = 0.5     # share of every discriminator fake batch drawn from the buffer
 

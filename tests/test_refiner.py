@@ -107,3 +107,18 @@ def test_drift_is_near_its_floor_for_the_same_domain_and_far_for_another():
     assert d_other.drifted and d_other.ratio > 10 * d_same.ratio
     with pytest.raises(ValueError, match="at least 8"):
         measure_drift(model, same[:4], samples)
+
+
+def test_refiner_bench_reports_speed_against_the_generator(tmp_path):
+    from model import bench
+    from model.pipeline import SegmenterRecipe
+    from model.generator.checkpoints import save_generator
+
+    from .conftest import tiny_generator
+
+    path = save_generator(tiny_generator(), tmp_path / "g.pt")
+    r = bench.run("refiner", generator=str(path), n=16, steps=2)
+    assert r["n"] == 16 and r["refine_seconds"] > 0 and r["generator_seconds"] > 0
+    assert r["ratio_refine"] > 0 and r["train_step_s"] > 0
+    assert r["default_steps"] == SegmenterRecipe().refiner_steps
+    assert abs(r["training_seconds_default"] - r["train_step_s"] * r["default_steps"]) <= 0.5 * r["default_steps"] * 1e-3 + 0.1
