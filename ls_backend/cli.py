@@ -156,7 +156,7 @@ def _bench_push(a: argparse.Namespace) -> dict[str, Any]:
     if a.project is None:
         raise ValueError("dgan bench push needs --project ID (a trained project) and the serve env vars")
     _use_device_option(a)
-    return bench_push(a.project, a.n or 500)
+    return bench_push(a.project, a.n or 500, a.rounds)
 
 
 def _bench_polygons(a: argparse.Namespace) -> dict[str, Any]:
@@ -170,6 +170,7 @@ def _bench_push_options(b: argparse.ArgumentParser) -> None:
     b.add_argument("--project", type=project_id, default=None, help="push: a trained Label Studio project")
     b.add_argument("--n", type=int, default=None, help="push: tasks per import (default 500); polygons: masks "
                                                        "(default 200)")
+    b.add_argument("--rounds", type=int, default=3, help="push: raw and push imports, back to back (median ratio)")
 
 
 def project_id(text: str) -> int:
