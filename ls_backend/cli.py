@@ -104,10 +104,15 @@ def _cmd_push(a: argparse.Namespace) -> int:
         ensure_local_storage(backend, a.project, doc_root)
     conn = redis_from_settings(settings)
     pusher = Pusher(backend, conn, doc_root)
-    run, resumed = pusher.start_or_resume(a.project, a.n, chunk=a.chunk, filter_frac=a.filter, psi=a.psi)
+    refiner = a.refiner or (backend.refiner_file(a.project) if a.refine else None)
+    if refiner:
+        backend.load_refiner(refiner)      # a wrong file fails here, before anything is pushed
+    run, resumed = pusher.start_or_resume(a.project, a.n, chunk=a.chunk, filter_frac=a.filter, psi=a.psi,
+                                          refiner=refiner)
     print(f"{'resuming' if resumed else 'starting'} push run {run.run_id}: {run.n} tasks, seeds from {run.base_seed}, "
           f"{run.n_chunks} chunks of {run.chunk}, model {run.model_version}, images as "
-          f"{'Local Storage files' if doc_root else 'data URIs'}")
+          f"{'Local Storage files' if doc_root else 'data URIs'}"
+          + (f", refined by {run.refiner}" if run.refiner else ""))
     if a.queue:
         import json as _json
         from dataclasses import asdict
@@ -173,6 +178,19 @@ def _bench_push_options(b: argparse.ArgumentParser) -> None:
     b.add_argument("--rounds", type=int, default=3, help="push: raw and push imports, back to back (median ratio)")
 
 
+def _project_images(project: int, limit: int, resolution: int):
+    """``dgan refine train --project``: the project's own task images (LABEL_STUDIO_URL/API key from the
+    environment) at the generator's resolution, uint8 [N, R, R, 3], or None."""
+    from .backend import Backend
+    from .config import Settings
+
+    backend = Backend(Settings.from_env())
+    if backend.pipeline.resolution != resolution:
+        raise SystemExit(f"DGAN_GENERATOR makes {backend.pipeline.resolution} px images but the refiner is trained "
+                         f"for a {resolution} px generator: pass the same --generator as DGAN_GENERATOR")
+    return backend.project_images(project, limit)
+
+
 def project_id(text: str) -> int:
     """argparse type of --project: a Label Studio project id (an integer from 1)."""
     try:
@@ -189,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     add_model_commands(sub, extra_benches={"push": _bench_push, "polygons": _bench_polygons},
-                       bench_options=_bench_push_options)
+                       bench_options=_bench_push_options, project_images=_project_images)
 
     d = sub.add_parser("demo", help="the whole loop in a local Label Studio: annotate, train, pre-annotate, push, "
                                     "export; leaves Label Studio running for review")
@@ -243,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT (or DGAN_LS_DOCUMENT_ROOT): store "
                          "images there and serve them through a Local Storage connection; default: data URIs")
     pu.add_argument("--queue", action="store_true", help="queue the chunks for `dgan worker`s instead of running here")
+    pu.add_argument("--refine", action="store_true",
+                    help="push refined images (the project's SimGAN refiner, trained when its task images drifted "
+                         "from the generator's): the project's look, the same labels")
+    pu.add_argument("--refiner", default=None, help="push images refined by this refiner file (dgan refine train)")
     add_device_option(pu)
     pu.set_defaults(func=_cmd_push)
 

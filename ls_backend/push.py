@@ -26,7 +26,7 @@ import uuid
 import zlib
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
@@ -60,6 +60,7 @@ class PushRun:
     model_version: str
     storage: str                 # "datauri" or "local:<document root>"
     created: float
+    refiner: str | None = None   # a SimGAN refiner file: pushed images are refined (labels unchanged)
 
     @property
     def kept_per_chunk(self) -> int:
@@ -92,8 +93,9 @@ class Pusher:
 
     # -- runs ------------------------------------------------------------------------------------
     def start_or_resume(self, project: int, n: int, chunk: int = 500, filter_frac: float = 0.1,
-                        psi: float = 1.0) -> tuple[PushRun, bool]:
-        """The project's unfinished run with the same n (resumed), else a new run after the last pushed seed."""
+                        psi: float = 1.0, refiner: str | None = None) -> tuple[PushRun, bool]:
+        """The project's unfinished run with the same n (resumed), else a new run after the last pushed seed.
+        ``refiner``: a refiner file whose refined images are pushed (see :meth:`Backend.refiner_file`)."""
         raw = self.conn.get(self.keys.push_run(project))
         if raw:
             run = PushRun(**json.loads(raw))
@@ -113,7 +115,7 @@ class Pusher:
         base = int(self.conn.incrby(self.keys.next_seed(project), span)) - span
         storage = f"local:{self.document_root}" if self.document_root else "datauri"
         run = PushRun(uuid.uuid4().hex[:12], project, n, base, chunk, filter_frac, psi, self.backend.model_version(project),
-                      storage, time.time())
+                      storage, time.time(), refiner)
         self.conn.set(self.keys.push_run(project), json.dumps(asdict(run)))
         return run, False
 
@@ -176,6 +178,9 @@ class Pusher:
             seeds = list(range(run.base_seed + k * run.chunk, run.base_seed + (k + 1) * run.chunk))
             samples = keep_most_certain(self.backend.pipeline.synthesize(seeds, interp, psi=run.psi, segmenter=seg),
                                         run.filter_frac)[:run.quota(k)]
+            if run.refiner and samples:    # labelled on the generator's image, pushed in the project's look
+                refined = self.backend.load_refiner(run.refiner).refine(np.stack([x.image for x in samples]))
+                samples = [replace(x, image=img) for x, img in zip(samples, refined)]
             self.conn.expire(lock, lease_s)      # synthesis took part of the lease: renew it for the import
             if state == "importing":      # a previous attempt may have imported: skip what is there
                 present = self._existing_seeds(run.project)
@@ -246,7 +251,7 @@ class Pusher:
         return {"data": {label_map.image_key: self._image_value(run, x.seed, x.image, project_dir),
                          "dgan_seed": x.seed, "dgan_psi": run.psi, "dgan_uncertainty": round(x.uncertainty, 6),
                          "dgan_generator_id": self.backend.generator_id, "dgan_model_version": run.model_version,
-                         "dgan_push_run": run.run_id},
+                         "dgan_push_run": run.run_id, **({"dgan_refined": True} if run.refiner else {})},
                 "predictions": [{"result": mask_to_results(x.labels, label_map), "score": round(sure, 4),
                                  "model_version": run.model_version}]}
 

@@ -81,3 +81,57 @@ def test_large_images_need_storage_not_data_uris(conn):
     pusher = Pusher(SimpleNamespace(generator=G), conn, keys=KEYS)
     with pytest.raises(ValueError, match="512 px.*--document-root"):
         pusher.start_or_resume(7, 100)
+
+
+def test_push_refine_pushes_the_projects_look_with_unchanged_labels(conn, tmp_path, redis_url):
+    """``dgan push --refine``: the same seeds, labels and scores as a plain push; the images are the refiner's
+    output of the plain ones; a project without a refiner gets a clear error instead."""
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+
+    from ls_backend.backend import Backend
+    from ls_backend.config import Settings
+    from model.generator.checkpoints import save_generator
+    from model.refiner import Refiner, RefinerConfig, RefinerNet
+    from model.synthesis import latents_for_seeds
+
+    from .test_app import CONFIG, _fit_version
+
+    gen = save_generator(tiny_generator(), tmp_path / "g.pt")
+    settings = Settings.from_env({"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "x" * 40,
+                                  "REDIS_URL": redis_url, "MODEL_DIR": str(tmp_path / "models"),
+                                  "DGAN_GENERATOR": str(gen), "DGAN_REDIS_PREFIX": "dgan-test"})
+    backend = Backend(settings)
+    _fit_version(backend, 7, latents_for_seeds(backend.generator, list(range(20, 26))))
+    with pytest.raises(ValueError, match="project 7 has no refiner: its segmenter has not measured drift"):
+        backend.refiner_file(7)
+    net = RefinerNet(RefinerConfig(channels=4, blocks=1))
+    with torch.no_grad():
+        net.head.bias.copy_(torch.tensor([0.8, -0.5, 0.3]))
+    Refiner(net, backend.generator_id).save(backend.store.refiner_path(7, 1))
+    assert backend.refiner_file(7) == str(backend.store.refiner_path(7, 1))
+
+    client = RecordingImports()
+    client.label_config = lambda project: CONFIG
+    backend.client = client                        # Label Studio's HTTP API, recorded (tests/e2e: the real one)
+    pusher = Pusher(backend, conn)
+    plain = PushRun("plain", 7, 4, 500, 4, 0.0, 1.0, "dgan-v1", "datauri", 0.0)
+    refined = PushRun("refined", 7, 4, 500, 4, 0.0, 1.0, "dgan-v1", "datauri", 0.0, backend.refiner_file(7))
+    assert pusher.run_chunk(plain, 0) == 4 and pusher.run_chunk(refined, 0) == 4
+    tasks = [t for r in client.requests for t in r]
+    a = [t for t in tasks if t["data"]["dgan_push_run"] == "plain"]
+    b = [t for t in tasks if t["data"]["dgan_push_run"] == "refined"]
+    assert len(a) == len(b) == 4
+
+    def image(task):
+        raw = base64.b64decode(task["data"]["image"].split(",", 1)[1])
+        return np.array(Image.open(io.BytesIO(raw)).convert("RGB"))
+    refiner = backend.load_refiner(backend.refiner_file(7))
+    for ta, tb in zip(a, b):
+        assert ta["data"]["dgan_seed"] == tb["data"]["dgan_seed"] and tb["data"]["dgan_refined"] is True
+        assert ta["predictions"] == tb["predictions"]                     # labels and score unchanged
+        assert np.array_equal(image(tb), refiner.refine(image(ta)[None])[0])
+        assert np.abs(image(tb).astype(int) - image(ta)).mean() > 5       # and visibly recoloured
