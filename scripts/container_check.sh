@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The container, for real: build docker/Dockerfile and run the backend (`dgan serve`) and a worker
+# The container, for real: build docker/Dockerfile and run the backend (`dgan serve`) and workers
 # (`dgan worker`) as containers against a Label Studio 1.23.2 and a Redis on this machine, then the
 # end-to-end tests' check: annotate 16 tasks with exact masks → the webhooks fit → "Retrieve predictions"
 # for the rest (mIoU > 20, as tests/e2e) → the segmenter serves /predict (mIoU > 40, as tests/e2e).
@@ -28,8 +28,10 @@
 #                    DGAN_REDIS_PREFIX and queue, nothing else is touched)
 #   DGAN_CHECK_LS_URL, DGAN_CHECK_LS_TOKEN  reuse a running Label Studio instead of starting one
 #   DGAN_SEGMENTER   as for the backend (default: its default recipe, as the end-to-end tests run it)
-#   DGAN_CHECK_TIMEOUT_S  longest wait for each of the fit, the predictions and the segmenter (default 2400: on a
-#                    busy 2-core machine the fit took 15 min, and the predictions' job waits behind the segmenter's)
+#   DGAN_CHECK_WORKERS  worker containers (default 2, as `--scale worker=2`: with one, the job that finishes
+#                    "Retrieve predictions" waits until that worker has trained the segmenter)
+#   DGAN_CHECK_TIMEOUT_S  longest wait for each of the fit, the predictions and the segmenter (default 3600: on a
+#                    2-core machine shared with 3 other busy processes the fit took 15 min, the segmenter over 40)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -147,7 +149,8 @@ from model.metrics import mean_iou
 
 N_ANNOTATED, N_PREDICTED = 16, 48
 PRED_MIN, SEG_MIN = 20.0, 40.0          # tests/e2e/test_label_studio.py: retrieved predictions, served segmenter
-WAIT_S = float(os.environ.get("DGAN_CHECK_TIMEOUT_S", "2400"))
+WAIT_S = float(os.environ.get("DGAN_CHECK_TIMEOUT_S", "3600"))
+N_WORKERS = int(os.environ.get("DGAN_CHECK_WORKERS", "2"))
 image, keep, t0 = os.environ["DGAN_CHECK_IMAGE"], os.environ["DGAN_CHECK_KEEP"] == "1", float(os.environ["DGAN_CHECK_T0"])
 run = "dgan-ccheck-" + secrets.token_hex(4)          # Redis prefix, RQ queue, container and volume names
 work = Path(tempfile.mkdtemp(prefix=run + "-", dir="/tmp"))
@@ -186,7 +189,7 @@ def container_running(name: str) -> bool:
 
 
 ls: LabelStudioProcess | None = None
-names = [f"{run}-backend", f"{run}-worker"]
+names = [f"{run}-backend"] + [f"{run}-worker-{i}" for i in range(1, N_WORKERS + 1)]
 ok, failures = False, []
 try:
     conn = redis.Redis.from_url(redis_url, socket_connect_timeout=2)
@@ -216,12 +219,14 @@ try:
     env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     docker("volume", "create", run)
     common = ["run", "-d", "--network", "host", "--env-file", str(env_file), "-v", f"{run}:/data"]
-    say(f"starting containers {names[0]} (dgan serve on 127.0.0.1:{port}) and {names[1]} (dgan worker)")
+    say(f"starting containers {names[0]} (dgan serve on 127.0.0.1:{port}) and {', '.join(names[1:])} (dgan worker)")
     t = time.time()
     docker(*common, "--name", names[0], "--health-interval", "5s", "--health-cmd",
            f"python -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/health', timeout=2)\"",
            image, "dgan", "serve", "--host", "127.0.0.1", "--port", str(port))
-    docker(*common, "--name", names[1], "--no-healthcheck", image, "dgan", "worker")
+    for n in names[1:]:
+        docker(*common, "--name", n, "--no-healthcheck", image, "dgan", "worker")
+    figures["workers"] = N_WORKERS
     backend = f"http://127.0.0.1:{port}"
 
     def healthy():
@@ -267,7 +272,7 @@ try:
         seq = int(conn.get(keys.event_seq(project)) or 0)
         return seq >= N_ANNOTATED and int(conn.get(keys.fitted_seq(project)) or 0) >= seq
 
-    wait(caught_up, "the worker container's fit of the annotation webhooks", every=3)
+    wait(caught_up, "the worker containers' fit of the annotation webhooks", every=3)
     last = json.loads(conn.get(keys.last_fit(project)))
     if "error" in last:
         raise RuntimeError(f"the fit failed: {last['error']}")
@@ -292,7 +297,7 @@ try:
                 got[task["id"]] = max(preds, key=lambda p: p["id"])
         return got if all(i in got for i in rest) else None
 
-    got = wait(predicted, "predictions for every task (fast path + the worker's job)", every=5)
+    got = wait(predicted, "predictions for every task (fast path + a worker's job)", every=5)
     figures["retrieve_s"] = round(time.time() - t, 1)
     pred = np.stack([results_to_mask(got[i]["result"], lm, 64, 64) for i in rest])
     figures["predict_miou"] = round(100 * mean_iou(pred, masks[N_ANNOTATED:], len(CLASSES)), 2)
@@ -309,7 +314,7 @@ try:
         return next((n for n in names_ if n.endswith("-segmenter")), None)
 
     t = time.time()
-    seg = wait(segmenter, "the segmenter the worker container trains after the fit", every=5)
+    seg = wait(segmenter, "the segmenter a worker container trains after the fit", every=5)
     figures["segmenter_ready_s"] = round(time.time() - t, 1)
     sample = [{"id": i, "data": {"image": png_data_uri(images[task_ids.index(i)])}} for i in rest]
     t = time.time()
@@ -366,7 +371,7 @@ finally:
     (work / "summary.json").write_text(json.dumps({"pass": ok, "failures": failures, **figures}, indent=2))
     print(json.dumps(figures, indent=2))
     if ok:
-        print(f"PASS: container backend + worker, annotate {N_ANNOTATED} → fit {figures['fit_s']}s → retrieve "
+        print(f"PASS: container backend + {N_WORKERS} workers, annotate {N_ANNOTATED} → fit {figures['fit_s']}s → retrieve "
               f"{N_PREDICTED} predictions mIoU {figures['predict_miou']}% (> {PRED_MIN}) in {figures['retrieve_s']}s → "
               f"segmenter mIoU {figures['segmenter_miou']}% (> {SEG_MIN}); image {figures['image_mb']} MB; "
               f"total {figures['total_s']}s")
