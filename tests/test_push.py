@@ -34,6 +34,11 @@ class RecordingImports:
         self.requests.append(tasks)
         return list(range(len(tasks)))
 
+    @property
+    def tasks(self) -> list[dict]:
+        """Every task sent, in request order."""
+        return [t for r in self.requests for t in r]
+
 
 @pytest.fixture
 def conn(redis_url):
@@ -121,7 +126,7 @@ def test_push_refine_pushes_the_projects_look_with_unchanged_labels(conn, tmp_pa
     plain = PushRun("plain", 7, 4, 500, 4, 0.0, 1.0, "dgan-v1", "datauri", 0.0)
     refined = PushRun("refined", 7, 4, 500, 4, 0.0, 1.0, "dgan-v1", "datauri", 0.0, backend.refiner_file(7))
     assert pusher.run_chunk(plain, 0) == 4 and pusher.run_chunk(refined, 0) == 4
-    tasks = [t for r in client.requests for t in r]
+    tasks = client.tasks
     a = [t for t in tasks if t["data"]["dgan_push_run"] == "plain"]
     b = [t for t in tasks if t["data"]["dgan_push_run"] == "refined"]
     assert len(a) == len(b) == 4

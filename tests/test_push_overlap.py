@@ -24,6 +24,8 @@ from ls_backend.push import Pusher, PushRun, encode_png, ordered_map
 from ls_backend.redis_keys import RedisKeys
 from model.synthesis import Sample
 
+from .test_push import RecordingImports
+
 KEYS = RedisKeys("dgan-test")
 LABELS = LabelMap("parts", "image", "image", ("a", "b"))
 
@@ -98,24 +100,6 @@ def test_encoding_goes_on_while_a_request_is_in_flight_and_requests_grow(conn):
     assert conn.get(KEYS.push_chunk("r1", 0)) == b"done"
 
 
-class Recording:
-    """An instant import endpoint that keeps what it was sent."""
-
-    def __init__(self, fail_on: int | None = None) -> None:
-        self.requests: list[list[dict]] = []
-        self.fail_on = fail_on
-
-    def import_tasks(self, project, tasks):
-        if self.fail_on is not None and len(self.requests) == self.fail_on:
-            raise LabelStudioError("Label Studio answered 500 to import")
-        self.requests.append(tasks)
-        return []
-
-    @property
-    def tasks(self) -> list[dict]:
-        return [t for r in self.requests for t in r]
-
-
 def test_when_a_batch_goes_out():
     pusher = Pusher(SimpleNamespace(settings=SimpleNamespace(keys=KEYS)), None)
     pusher.import_batch = 100
@@ -131,7 +115,7 @@ def test_when_a_batch_goes_out():
 
 
 def test_requests_stay_within_the_batch_limit(conn):
-    client = Recording()
+    client = RecordingImports()
     pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn, keys=KEYS)
     pusher.import_batch, pusher.first_fraction = 40, 0.3
     assert pusher.import_samples(_run(130), 0, _samples(130), LABELS) == 130
@@ -142,7 +126,7 @@ def test_requests_stay_within_the_batch_limit(conn):
 
 def test_pushed_images_and_labels_are_exactly_the_samples(conn, tmp_path):
     samples = _samples(30, size=32)
-    client = Recording()
+    client = RecordingImports()
     pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn, keys=KEYS)
     pusher.import_samples(_run(30), 0, samples, LABELS)
     for task, x in zip(client.tasks, samples):
@@ -152,7 +136,7 @@ def test_pushed_images_and_labels_are_exactly_the_samples(conn, tmp_path):
         assert np.array_equal(pixels, x.image)                      # lossless, however fast it was written
         assert task["predictions"][0]["result"] == mask_to_results(x.labels, LABELS)
     # Local Storage: the same pixels in files under the run's folder, URLs in the tasks.
-    client = Recording()
+    client = RecordingImports()
     pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn, keys=KEYS)
     pusher.import_samples(_run(30, f"local:{tmp_path}"), 1, samples, LABELS)
     folder = Path(tmp_path) / "dgan" / "project-7" / "r1"
@@ -165,7 +149,7 @@ def test_pushed_images_and_labels_are_exactly_the_samples(conn, tmp_path):
 def test_an_encoding_error_stops_the_chunk_and_leaves_it_importing(conn):
     samples = _samples(100)
     samples[70] = Sample(1070, samples[70].ws, np.zeros((16, 16, 5), np.uint8), samples[70].labels, 0.1)  # not RGB
-    client = Recording()
+    client = RecordingImports()
     pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn, keys=KEYS)
     with pytest.raises(ValueError, match="uint8 RGB image"):
         pusher.import_samples(_run(100), 0, samples, LABELS)
@@ -174,7 +158,7 @@ def test_an_encoding_error_stops_the_chunk_and_leaves_it_importing(conn):
 
 
 def test_a_failed_request_stops_the_chunk_after_it(conn):
-    client = Recording(fail_on=1)
+    client = RecordingImports(fail_on=1)
     pusher = Pusher(SimpleNamespace(client=client, generator_id="g"), conn, keys=KEYS)
     with pytest.raises(LabelStudioError, match="500"):
         pusher.import_samples(_run(300), 0, _samples(300), LABELS)
