@@ -5,8 +5,10 @@ loaded on first use and kept; a project's models are reloaded only when a newer 
 
 What answers ``/predict`` for a project: its newest ready segmenter (a U-Net trained after a fit on the
 labeled images and a synthesized pool; no inversion, milliseconds per task; model_version
-``dgan-vN-segmenter``), else its newest interpreter through inversion (``dgan-vN``), else nothing yet
-(``dgan-untrained``). Label Studio I/O and the project store live here; every tensor lives in model/.
+``dgan-vN-segmenter``), else its newest interpreter through inversion (``dgan-vN``), else — before the
+first fit, when the label config has a foreground label (:mod:`ls_backend.foreground`) and the generator
+has an alpha-net — Labels4Free's zero-label foreground mask through inversion (``dgan-foreground``),
+else nothing yet (``dgan-untrained``). Label Studio I/O and the project store live here; every tensor lives in model/.
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ from .client import LabelStudioError
 from .config import Settings
 from .fetch import fetch_task_image
 from .fit_guard import annotations_digest, unchanged_fit
+from .foreground import foreground_label
 from .store import ProjectStore, image_hash, model_version_name
 
 log = logging.getLogger(__name__)
 
 SEED_KEYS = ("dgan_seed",)        # task data written by our synthesis push: exact latents
+FOREGROUND_VERSION = "dgan-foreground"   # model_version of zero-label foreground predictions
 
 
 @dataclass
@@ -74,6 +78,25 @@ class Backend:
     @property
     def generator(self):
         return self.pipeline.G
+
+    @cached_property
+    def fgbg(self):
+        """The generator's Labels4Free alpha-net (``DGAN_FGBG``, else the shipped one when it belongs to the
+        generator), or None: no zero-label foreground then."""
+        from model.generator.default import load_fgbg_for
+
+        model = load_fgbg_for(self.generator, self.settings.fgbg)
+        if model is None:
+            log.info("no alpha-net for generator %s: no zero-label foreground predictions (train one with "
+                     "`dgan train-fgbg --generator G.pt --out fgbg.pt` and set DGAN_FGBG)", self.generator_id)
+        return model
+
+    def foreground(self, label_config: str, label_map: LabelMap) -> str | None:
+        """The label zero-label foreground predictions paint for this config, or None when there is none (no
+        foreground label, or no alpha-net for the generator). A DGAN_FOREGROUND_LABEL the config does not have
+        raises :class:`~ls_backend.brush.LabelConfigError`."""
+        label = foreground_label(label_config, label_map, self.settings.foreground_label)
+        return label if label is not None and self.fgbg is not None else None
 
     @property
     def generator_id(self) -> str:
@@ -137,18 +160,23 @@ class Backend:
             cache[project] = (version, load(version))
             return cache[project]
 
-    def model_version(self, project: int) -> str:
+    def model_version(self, project: int, foreground: bool = False) -> str:
+        """The name predictions for ``project`` carry now; ``foreground``: the config has a foreground label
+        the generator's alpha-net can paint (what answers before the first fit)."""
         seg_version = self.store.latest_segmenter(project)
         if seg_version:
             return segmenter_version_name(seg_version)
-        return model_version_name(self.store.latest_version(project))
+        version = self.store.latest_version(project)
+        return FOREGROUND_VERSION if version == 0 and foreground else model_version_name(version)
 
     # -- the Label Studio contract ---------------------------------------------------------------
     def setup(self, project: int, label_config: str | None) -> dict:
         """Cheap: validates the label config when given and reports the current model version."""
+        foreground = False
         if label_config:
-            parse_label_config(label_config)
-        return {"model_version": self.model_version(project)}
+            label_map = parse_label_config(label_config)
+            foreground = self.foreground(label_config, label_map) is not None
+        return {"model_version": self.model_version(project, foreground)}
 
     def load_task_image(self, task: dict, label_map: LabelMap) -> TaskImage:
         img, raw = fetch_task_image(task, label_map.image_key, self.settings, self.client.auth_headers())
@@ -180,14 +208,18 @@ class Backend:
                 self.store.put_latent(items[i].digest, self.generator_id, ws[j], float(psnr[j]))
         return torch.stack(out)  # type: ignore[arg-type]
 
-    def predict_items(self, project: int, items: list[TaskImage], label_map: LabelMap) -> list[dict]:
+    def predict_items(self, project: int, items: list[TaskImage], label_map: LabelMap,
+                      foreground: str | None = None) -> list[dict]:
         """Prediction entries {result, score, model_version} for decoded task images: by the newest ready
-        segmenter whose labels match the config, else by the newest interpreter through inversion. ``score``
-        ranks the value of labeling the task (model.labeling_order): ascending = label first."""
+        segmenter whose labels match the config, else by the newest interpreter through inversion, else
+        (``foreground``: the config's foreground label) by the zero-label foreground. ``score`` ranks the
+        value of labeling the task (model.labeling_order): ascending = label first."""
         from model.labeling_order import labeling_score, novelty
 
         scored = self.score_items(project, items, label_map)
         if scored is None:
+            if foreground is not None and self.fgbg is not None:
+                return self.foreground_entries(items, label_map, foreground)
             return [untrained_entry() for _ in items]
         name, pred, cert, emb, labeled = scored
         scores = labeling_score(cert, novelty(emb, labeled) if labeled is not None else None)
@@ -197,6 +229,18 @@ class Backend:
             results = mask_to_results(labels, label_map)
             validate_results(results, label_map)   # Label Studio accepts anything; we do not send anything
             entries.append({"result": results, "score": round(float(score), 4), "model_version": name})
+        return entries
+
+    def foreground_entries(self, items: list[TaskImage], label_map: LabelMap, label: str) -> list[dict]:
+        """Zero-label entries: Labels4Free's foreground mask of each image (its latent: exact for our synthesized
+        tasks, cached, else inverted) painted as ``label``; ``score`` is the mask's certainty."""
+        labels, cert = self.pipeline.foreground_labels(self.fgbg, self.latents(items),
+                                                       label_map.class_id(label, _control_of(label, label_map)))
+        entries = []
+        for it, lab, c in zip(items, labels, cert):
+            results = mask_to_results(self.pipeline.masks_to_size(lab, *it.image.shape[:2]), label_map)
+            validate_results(results, label_map)
+            entries.append({"result": results, "score": round(float(c), 4), "model_version": FOREGROUND_VERSION})
         return entries
 
     def score_items(self, project: int, items: list[TaskImage], label_map: LabelMap):
@@ -259,7 +303,9 @@ class Backend:
         budget = self.settings.predict_budget_s if budget_s is None else budget_s
         t0 = time.time()
         version, interp = self.interpreter(project)
-        if interp is None and self.store.latest_segmenter(project) == 0:
+        untrained = interp is None and self.store.latest_segmenter(project) == 0
+        foreground = self.foreground(label_config, label_map) if untrained else None
+        if untrained and foreground is None:
             # nothing to predict with: say so at once, without fetching any image
             return [untrained_entry() for _ in tasks], []
         entries: list[dict] = []
@@ -279,11 +325,12 @@ class Backend:
                 except ValueError as e:
                     log.warning("task %s: %s", t.get("id"), e)
                     bad[int(t.get("id", -1))] = str(e)
-            done = iter(self.predict_items(project, items, label_map)) if items else iter(())
+            done = iter(self.predict_items(project, items, label_map, foreground)) if items else iter(())
             for t in chunk:
                 if int(t.get("id", -1)) in bad:
                     # No "result": Label Studio stores nothing and asks again once the image is fixed.
-                    entries.append({"model_version": self.model_version(project), "error": bad[int(t.get("id", -1))]})
+                    entries.append({"model_version": self.model_version(project, foreground is not None),
+                                    "error": bad[int(t.get("id", -1))]})
                 else:
                     entries.append(next(done))
             per_task = (time.time() - t0) / len(entries)
@@ -428,6 +475,11 @@ class Backend:
             log.warning("project %s: task images not read, drift not measured (%s)", project, e)
             return None
         return np.stack(out) if out else None
+
+
+def _control_of(label: str, label_map: LabelMap) -> str:
+    """The control a label is painted with: the BrushLabels when it offers it, else the PolygonLabels."""
+    return "BrushLabels" if label in label_map.brush_label_set else "PolygonLabels"
 
 
 def untrained_entry() -> dict:

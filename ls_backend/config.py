@@ -42,6 +42,11 @@ ENV_DOC = {
                    "generator's samples and, when far, trains a refiner so the segmenter learns their look; "
                    "always; never",
     "DGAN_DRIFT_IMAGES": "Task images the segmenter job reads to measure drift and train the refiner (default 500)",
+    "DGAN_FOREGROUND_LABEL": "Before a project's first fit, /predict paints Labels4Free's zero-label foreground mask "
+                             "under this label (default: the label whose hint mentions 'foreground', else the one "
+                             "named like foreground/fg/object; none: off)",
+    "DGAN_FGBG": "Alpha-net for the zero-label foreground (`dgan train-fgbg`); default: the shipped one when it "
+                 "belongs to the generator",
     "DGAN_DEVICE": "Where the models run: cpu (default), cuda, cuda:N or auto (cuda when torch sees a GPU, else "
                    "cpu); cuda without a visible GPU is refused at start",
 }
@@ -73,6 +78,8 @@ class Settings:
     device: str | None = None             # "cpu", "cuda", "cuda:N" (from_env resolves DGAN_DEVICE); None: DGAN_DEVICE
     refine: str = "auto"                  # "auto" (refiner when the project drifted), "always" or "never"
     drift_images: int = 500               # task images read for drift and the refiner
+    foreground_label: str | None = None   # DGAN_FOREGROUND_LABEL: the label of zero-label foreground predictions
+    fgbg: str | None = None               # DGAN_FGBG: the alpha-net (None: the shipped one when it fits)
 
     @property
     def keys(self) -> RedisKeys:
@@ -132,7 +139,7 @@ class Settings:
         except ValueError as e:
             problems.append(f"DGAN_REDIS_PREFIX: {e}")
             prefix = DEFAULT_PREFIX
-        for name in ("DGAN_GENERATOR", "DGAN_ENCODER"):
+        for name in ("DGAN_GENERATOR", "DGAN_ENCODER", "DGAN_FGBG"):
             if env.get(name) and not Path(env[name]).is_file():
                 problems.append(f"{name}={env[name]!r} does not exist")
         segmenter = (env.get("DGAN_SEGMENTER") or "default").strip().lower()
@@ -174,7 +181,9 @@ class Settings:
             max_request_pixels=int(number("DGAN_MAX_REQUEST_PIXELS", 100_000_000, int, 1)),
             keep_versions=int(number("DGAN_KEEP_VERSIONS", 5, int, 1)),
             redis_prefix=prefix, segmenter_recipe=segmenter, label_source=label_source, device=device,
-            refine=refine, drift_images=int(number("DGAN_DRIFT_IMAGES", 500, int, 0)))
+            refine=refine, drift_images=int(number("DGAN_DRIFT_IMAGES", 500, int, 0)),
+            foreground_label=(env.get("DGAN_FOREGROUND_LABEL") or "").strip() or None,
+            fgbg=env.get("DGAN_FGBG") or None)
         if settings.max_request_pixels < settings.max_image_pixels:
             problems.append(f"DGAN_MAX_REQUEST_PIXELS={settings.max_request_pixels} is below DGAN_MAX_IMAGE_PIXELS="
                             f"{settings.max_image_pixels}: one allowed image would already be refused; raise it")

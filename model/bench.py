@@ -325,6 +325,13 @@ def bench_labeling_order(**kwargs: Any) -> dict[str, Any]:
     return run_bench(**kwargs)
 
 
+def bench_fgbg(**kwargs: Any) -> dict[str, Any]:
+    """Labels4Free's zero-label foreground IoU on default-domain test images (model/fgbg_eval.py)."""
+    from .fgbg_eval import bench_fgbg as run_bench
+
+    return run_bench(**kwargs)
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "generator": bench_generator,
     "interpreter": bench_interpreter,
@@ -333,6 +340,7 @@ BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "quality": bench_quality,
     "refiner": bench_refiner,
     "labeling-order": bench_labeling_order,
+    "fgbg": bench_fgbg,
 }
 
 

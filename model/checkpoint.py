@@ -54,6 +54,10 @@ KINDS: dict[str, Kind] = {
                     "train one for this generator with `dgan refine train --real FOLDER --out refiner.pt`"),
     "refiner-state": Kind("a refiner training state", "made for",
                           "delete it to start the refiner's training afresh"),
+    "fgbg": Kind("a Labels4Free alpha-net (foreground/background split)", "trained for",
+                 "train one for this generator with `dgan train-fgbg --generator G.pt --out fgbg.pt`"),
+    "fgbg-state": Kind("an alpha-net training state", "made for",
+                       "delete it to start the alpha-net's training afresh"),
     "train-state": Kind("a GAN training state", "made for",
                         "point --out at the run folder that holds it, or start without --resume"),
 }

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 # The benchmarks of model/bench.py (named here so that building the parser imports no torch).
-MODEL_BENCHES = ("generator", "interpreter", "inversion", "synthesis", "quality", "labeling-order", "refiner")
+MODEL_BENCHES = ("generator", "interpreter", "inversion", "synthesis", "quality", "labeling-order", "refiner", "fgbg")
 
 ExtraBench = Callable[[argparse.Namespace], dict[str, Any]]
 
@@ -217,6 +217,8 @@ def bench_kwargs(a: argparse.Namespace) -> dict[str, Any]:
         kwargs["repeats"] = a.repeats
     elif a.what == "labeling-order":
         kwargs.update(quick=a.quick, draws=a.draws)
+    elif a.what == "fgbg":
+        kwargs.update(quick=a.quick, fgbg=a.fgbg)
     elif a.what == "quality":
         kwargs.update(quick=a.quick, out_dir=a.out_dir, unet_steps=a.unet_steps, draws=a.draws, rows=a.rows,
                       refiner=a.refiner)
@@ -366,6 +368,10 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
 
     add_refine_commands(sub, add_device_option, project_images)
 
+    from model.fgbg_cli import add_fgbg_commands
+
+    add_fgbg_commands(sub, add_device_option)
+
     b = sub.add_parser("bench", help="benchmarks (JSON)")
     b.add_argument("what", choices=[*MODEL_BENCHES, *extra])
     if bench_options is not None:
@@ -376,7 +382,8 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
     add_device_option(b)
     b.add_argument("--repeats", type=int, default=5)
     b.add_argument("--quick", action="store_true", help="quality, labeling-order: a smoke run of minutes instead "
-                                                        "of about an hour")
+                                                        "of about an hour; fgbg: 100 test images instead of 500")
+    b.add_argument("--fgbg", default=None, help="fgbg: the alpha-net checkpoint (default: the shipped one)")
     b.add_argument("--out-dir", default=None, help="quality: write quality.json and quality.md here")
     b.add_argument("--unet-steps", type=int, default=None,
                    help="quality: steps of the few-shot U-Net and the teacher (default 800; the student 1.5×)")

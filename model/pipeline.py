@@ -13,7 +13,9 @@ the scripts) goes through it instead of wiring the pieces by hand:
 - ``train_segmenter``   labeled real images (+ a synthesized pool labeled by a teacher) → a
                         :class:`~model.segmenter.Segmenter` that pre-annotates images directly;
 - ``synthesize``        seeds → labeled samples (by the interpreter, or by a segmenter when given);
-- ``certainty``         an image uncertainty score → the [0, 1] certainty shown to reviewers.
+- ``certainty``         an image uncertainty score → the [0, 1] certainty shown to reviewers;
+- ``foreground``        latents → Labels4Free's zero-label foreground opacity α (an alpha-net on the
+                        generator's features; ``train_fgbg`` trains one, :mod:`model.fgbg`).
 
 Images cross this interface as uint8 [N, H, W, 3]; label maps as uint8 [N, H, W] with class ids in
 [0, C); latents as float32 [N, num_ws, w_dim] CPU tensors. The models run on the pipeline's ``device``
@@ -46,6 +48,7 @@ from .label_branch import LabelBranch, LabelBranchConfig, fit_label_branch
 from .labeling import fit_from_latents, label_latents
 from .metrics import confusion, iou_from_confusion, per_class_percent
 from .drift import measure_drift
+from .fgbg import FgBg, FgBgConfig, train_fgbg
 from .refiner import Refiner, RefinerConfig, train_refiner
 from .segmenter import IGNORE, Segmenter, predict_probs, pseudo_labels, train_segmenter
 from .synthesis import Sample, generate_chunk, latents_for_seeds
@@ -363,6 +366,39 @@ class Pipeline:
             out += [Sample(int(s), ws_np[j], images[j], pred.labels[j], float(pred.score[j]))
                     for j, s in enumerate(part)]
         return out
+
+    # -- zero-label foreground (Labels4Free) ---------------------------------------------------------
+    def foreground(self, fgbg: FgBg, ws: torch.Tensor) -> np.ndarray:
+        """Latents [N, num_ws, w_dim] → foreground opacity α float32 [N, R, R] in [0, 1] (numpy); the mask
+        is ``fgbg.mask(α)`` (α above the alpha-net's threshold)."""
+        return fgbg.to(self.device).alpha(self.G, ws)
+
+    def foreground_labels(self, fgbg: FgBg, ws: torch.Tensor, class_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Latents [N, num_ws, w_dim] → (label maps uint8 [N, R, R]: ``class_id`` where α is above the alpha-net's
+        threshold, 0 elsewhere; certainty float64 [N] in [0, 1], 1 − the mean binary entropy of the top 10 %
+        pixels of α)."""
+        if not 0 < class_id < 256:
+            raise ValueError(f"class_id must be in 1..255 (0 is the background), got {class_id}")
+        alpha = self.foreground(fgbg, ws)
+        return fgbg.mask(alpha).astype(np.uint8) * np.uint8(class_id), 1.0 - fgbg.uncertainty(alpha)
+
+    def train_fgbg(self, cfg: FgBgConfig | None = None, real: np.ndarray | None = None, seed: int = 0,
+                   state_path: str | Path | None = None, log: Callable[[str], None] = lambda _m: None) -> FgBg:
+        """Train Labels4Free's alpha-net for this (frozen) generator (:func:`model.fgbg.train_fgbg`); with
+        ``cfg.d_init == "pretrained"`` its discriminator starts from the one trained with the generator."""
+        cfg = cfg or FgBgConfig()
+        D_init = None
+        if cfg.d_init == "pretrained":
+            from .generator.default import load_discriminator_for
+
+            D_init = load_discriminator_for(self.G)
+            if D_init is None:
+                raise ValueError("d_init='pretrained' needs the discriminator trained with this generator (the "
+                                 "discriminator.pt `dgan train-gan` writes beside it); none was found: use "
+                                 "d_init='random'")
+            D_init.to(self.device)
+        real = self.to_resolution(real) if real is not None else None
+        return train_fgbg(self.G, cfg, real, seed, state_path, D_init, log)
 
     certainty = staticmethod(certainty)
 

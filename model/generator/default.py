@@ -16,6 +16,7 @@ DEFAULT_CHECKPOINT = DEFAULT_DIR / "generator.pt"
 DEFAULT_ENCODER = DEFAULT_DIR / "encoder.pt"
 DEFAULT_INTERPRETER = DEFAULT_DIR / "interpreter.pt"
 DEFAULT_DISCRIMINATOR = DEFAULT_DIR / "discriminator.pt"
+DEFAULT_FGBG = DEFAULT_DIR / "fgbg.pt"
 
 
 def load_default_or(path: str | Path | None = None) -> Generator:
@@ -64,4 +65,18 @@ def load_discriminator_for(G: Generator, path: str | Path | None = None):
             return load_discriminator(DEFAULT_DISCRIMINATOR, generator_id=generator_id(G))
         except ValueError:
             return None
+    return None
+
+
+def load_fgbg_for(G: Generator, path: str | Path | None = None):
+    """The Labels4Free alpha-net at ``path`` (refused if trained for another generator), else the shipped one
+    if it was trained for G, else None (no zero-label foreground for this generator until one is trained)."""
+    from ..fgbg import FgBg
+
+    if path:
+        return FgBg.load(path, generator_id=generator_id(G))
+    if DEFAULT_FGBG.is_file():
+        fgbg = FgBg.load(DEFAULT_FGBG)
+        if fgbg.generator_id == generator_id(G):
+            return fgbg
     return None
