@@ -12,9 +12,12 @@ fool it by keeping the object and letting the background show everywhere else. T
 Only the alpha-net (with an EMA copy, what is saved) and the discriminator train; the generator is
 frozen. Architecture and losses follow Abdal et al., ICCV 2021 (``../shared/methods-facts.md`` §2).
 
-The background check the method relies on (does the 4×4-zeroed pass draw no object?) was made on the
-shipped generator: it draws flat, object-free backgrounds in each sample's own background hue
-(``docs``/the fgbg report). :func:`background` is that pass for any generator.
+The check the method relies on — does the 4×4-zeroed pass draw no object? — was made on the shipped
+generator (8 samples, both variants: the 4×4 conv's output × 0 and the constant input × 0): it draws
+flat, object-free backgrounds in each sample's own background hue, without the domain's lighting gradient
+or clutter, with a faint frame at the border; no face, hair or torso survives. So the frozen-G split is
+used as published (no trainable background generator). ``dgan fgbg grid --with-background`` shows the pass
+next to the images. :func:`background` is that pass for any generator.
 
 Latents are W+ float32 [N, num_ws, w_dim]; alpha maps float32 [N, 1, R, R] (or [N, R, R] out of
 :meth:`FgBg.alpha`) in [0, 1]; images float32 [N, 3, R, R] in ≈[-1, 1].

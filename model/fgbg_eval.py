@@ -91,10 +91,11 @@ def bench_fgbg(generator: str | None = None, fgbg: str | None = None, quick: boo
     return out
 
 
-def grid_rows(pipe, model: FgBg, ws, images: np.ndarray | None = None) -> np.ndarray:
+def grid_rows(pipe, model: FgBg, ws, images: np.ndarray | None = None, with_background: bool = False) -> np.ndarray:
     """Three rows for a picture, uint8 [3·N, R, R, 3]: the image (``images``, uint8 [N, R, R, 3], or the
     generator's rendering of ``ws``), α (grey), and the image over a swapped background (the next latent's
-    object-free background pass): α · image + (1 − α) · background."""
+    object-free background pass): α · image + (1 − α) · background. ``with_background``: a fourth row, the
+    swapped-in background itself."""
     import torch
 
     from .images import to_uint8
@@ -108,4 +109,5 @@ def grid_rows(pipe, model: FgBg, ws, images: np.ndarray | None = None) -> np.nda
     a = torch.from_numpy(pipe.foreground(model, ws))[:, None]
     comp = a * fg + (1 - a) * bg
     grey = (a.repeat(1, 3, 1, 1) * 2 - 1)
-    return np.concatenate([to_uint8(fg), to_uint8(grey), to_uint8(comp)])
+    rows = [to_uint8(fg), to_uint8(grey), to_uint8(comp)] + ([to_uint8(bg)] if with_background else [])
+    return np.concatenate(rows)

@@ -161,8 +161,8 @@ def test_cli_trains_resumably_draws_the_grid_and_benches(tmp_path, capsys):
     assert "resuming alpha-net training at step 2/3" in text and json.loads(text.strip().splitlines()[-1])["steps"] == 3
     png = tmp_path / "grid.png"
     assert main(["fgbg", "grid", "--generator", g, "--fgbg", str(out), "--out", str(png), "--n", "3", "--scale", "1",
-                 "--real-domain"]) == 0
-    assert Image.open(png).size == (3 * 32, 6 * 32)
+                 "--real-domain", "--with-background"]) == 0
+    assert Image.open(png).size == (3 * 32, 8 * 32)
     capsys.readouterr()
     assert main(["bench", "fgbg", "--quick", "--json", "--generator", g, "--fgbg", str(out)]) == 0
     res = json.loads(capsys.readouterr().out)
