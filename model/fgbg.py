@@ -148,7 +148,8 @@ def background(G: Generator, ws: torch.Tensor, noise_mode: str = "const") -> tor
         return G.synthesis(ws, noise_mode=noise_mode)
 
 
-def _read(G: Generator, fx: FeatureExtractor, ws: torch.Tensor, n_read: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _read(fx: FeatureExtractor, ws: torch.Tensor, n_read: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(the image float32 [N, 3, R, R], the last ``n_read`` synthesis feature maps, coarse to fine) of ws."""
     img, maps = fx.native(ws)
     return img, maps[len(maps) - n_read:]
 
@@ -168,7 +169,7 @@ class FgBg:
         device = G.mapping.w_avg.device
         self.net.to(device).eval()
         fx = FeatureExtractor(G)
-        out = [self.net(_read(G, fx, ws[i:i + batch].to(device), len(self.net.reads))[1])[:, 0].cpu()
+        out = [self.net(_read(fx, ws[i:i + batch].to(device), len(self.net.reads))[1])[:, 0].cpu()
                for i in range(0, len(ws), batch)]
         return torch.cat(out).numpy() if out else np.zeros((0, G.cfg.resolution, G.cfg.resolution), np.float32)
 
@@ -281,7 +282,7 @@ class _Trainer:
         z = torch.randn(cfg.batch, self.G.cfg.z_dim, generator=self.g).to(self.device)
         with torch.no_grad():
             ws = self.G.map(z, psi=cfg.psi)
-            fg, maps = _read(self.G, self.fx, ws, len(self.layers))
+            fg, maps = _read(self.fx, ws, len(self.layers))
             bg = background(self.G, self.G.map(z) if cfg.psi != 1.0 else ws)
         return fg, maps, bg
 
