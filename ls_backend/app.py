@@ -236,7 +236,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                 log.error("could not queue %d leftover predictions: %s", len(leftover), e)
             # No "result" key: Label Studio skips these entries instead of storing an empty prediction,
             # so the job's imported prediction is the task's only one.
-            version = entries[0]["model_version"] if entries else model_version_name(0)
+            version = entries[0]["model_version"] if entries else get_backend().queued_version(project, label_config)
             entries += [{"model_version": version, "status": "queued"} for _ in leftover]
         return jsonify({"results": entries})
 

@@ -55,6 +55,9 @@ def parse_project_id(value) -> int:
         raise ValueError(f"cannot read a project id from {value!r}") from None
 
 
+PREDICT_BATCH = 8    # tasks labeled together by /predict (one batched inversion)
+
+
 class Backend:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -64,6 +67,8 @@ class Backend:
         self._segmenters: dict[int, tuple[int, object]] = {}
         self._refiners: dict[str, object] = {}
         self._labeled: dict[tuple, np.ndarray | None] = {}   # labeled_embeddings per (project, version, kind)
+        self._new_task_s: float | None = None   # measured seconds per task that needed an inversion
+        self._cheap_task_s = 0.0                  # ... per task that did not (latent known, or a segmenter)
 
     # -- lazily loaded, cached models -----------------------------------------------------------
     @cached_property
@@ -168,6 +173,12 @@ class Backend:
             return segmenter_version_name(seg_version)
         version = self.store.latest_version(project)
         return FOREGROUND_VERSION if version == 0 and foreground else model_version_name(version)
+
+    def queued_version(self, project: int, label_config: str) -> str:
+        """The model version the tasks :meth:`predict` left to the job will be predicted with."""
+        untrained = self.store.latest_version(project) == 0 and self.store.latest_segmenter(project) == 0
+        foreground = untrained and self.foreground(label_config, parse_label_config(label_config)) is not None
+        return self.model_version(project, foreground)
 
     # -- the Label Studio contract ---------------------------------------------------------------
     def setup(self, project: int, label_config: str | None) -> dict:
@@ -295,10 +306,28 @@ class Backend:
         self._labeled[key] = ref
         return ref
 
+    def segmenter_serves(self, project: int, label_map: LabelMap) -> bool:
+        """Whether the project's predictions come from its ready segmenter (no inversion needed)."""
+        _, seg = self.segmenter(project)
+        return seg is not None and seg.class_names == label_map.class_names
+
+    def needs_inversion(self, item: TaskImage) -> bool:
+        """Whether predicting ``item`` inverts its image (no exact latent, none cached)."""
+        return item.seed is None and self.store.get_latent(item.digest, self.generator_id) is None
+
+    def new_task_seconds(self) -> float:
+        """Seconds a task needing an inversion is expected to take: the last measured figure, else the
+        pipeline's one-off estimate of an inversion (measured on first use)."""
+        return self._new_task_s if self._new_task_s is not None else self.pipeline.invert_seconds_per_image()
+
     def predict(self, project: int, tasks: list[dict], label_config: str,
                 budget_s: float | None = None) -> tuple[list[dict], list[int]]:
         """Entries for the tasks that fit the time budget, in order, and the ids of the tasks left over
-        (to be finished by a job). A task whose image cannot be used gets an empty entry and is logged."""
+        (to be finished by a job). A task is answered now only when its expected cost (an inversion for a
+        new image, :meth:`new_task_seconds`; little for a known latent or a ready segmenter) still fits the
+        budget, so a request returns within it even when one inversion would not (a large generator on a
+        CPU): then every task is left to the job. A task whose image cannot be used gets an empty entry and
+        is logged."""
         label_map = parse_label_config(label_config)
         budget = self.settings.predict_budget_s if budget_s is None else budget_s
         t0 = time.time()
@@ -308,32 +337,48 @@ class Backend:
         if untrained and foreground is None:
             # nothing to predict with: say so at once, without fetching any image
             return [untrained_entry() for _ in tasks], []
+        # What a task costs: inverting a new image dominates (minutes per image at 256 px on a CPU);
+        # a cached or exact latent, or a ready segmenter, costs little. Only what fits is answered now.
+        inverting = not self.segmenter_serves(project, label_map)
         entries: list[dict] = []
         leftover: list[int] = []
-        batch = 8
-        per_task = None
-        for start in range(0, len(tasks), batch):
-            chunk = tasks[start:start + batch]
-            elapsed = time.time() - t0
-            if per_task is not None and elapsed + per_task * len(chunk) > budget:
-                leftover = [int(t["id"]) for t in tasks[start:]]
-                break
-            items, bad = [], {}
-            for t in chunk:
+        start = 0
+        while start < len(tasks):
+            loaded: list[tuple[dict, TaskImage | None, str | None]] = []
+            for t in tasks[start:start + PREDICT_BATCH]:
                 try:
-                    items.append(self.load_task_image(t, label_map))
+                    loaded.append((t, self.load_task_image(t, label_map), None))
                 except ValueError as e:
                     log.warning("task %s: %s", t.get("id"), e)
-                    bad[int(t.get("id", -1))] = str(e)
+                    loaded.append((t, None, str(e)))
+            new = [inverting and it is not None and self.needs_inversion(it) for _, it, _ in loaded]
+            remaining = budget - (time.time() - t0)
+            take, cost = 0, 0.0
+            for is_new in new:
+                cost += self.new_task_seconds() if is_new else self._cheap_task_s
+                if cost > remaining:
+                    break
+                take += 1
+            if take == 0:
+                leftover = [int(t["id"]) for t in tasks[start:]]
+                break
+            loaded, n_new = loaded[:take], sum(new[:take])
+            t1 = time.time()
+            items = [it for _, it, _ in loaded if it is not None]
             done = iter(self.predict_items(project, items, label_map, foreground)) if items else iter(())
-            for t in chunk:
-                if int(t.get("id", -1)) in bad:
+            for t, it, err in loaded:
+                if it is None:
                     # No "result": Label Studio stores nothing and asks again once the image is fixed.
                     entries.append({"model_version": self.model_version(project, foreground is not None),
-                                    "error": bad[int(t.get("id", -1))]})
+                                    "error": err})
                 else:
                     entries.append(next(done))
-            per_task = (time.time() - t0) / len(entries)
+            took = time.time() - t1
+            if n_new:
+                self._new_task_s = took / n_new          # measured: the next request plans with it
+            else:
+                self._cheap_task_s = took / take
+            start += take
         return entries, leftover
 
     # -- fitting (called by the worker's job) ----------------------------------------------------

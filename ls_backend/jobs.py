@@ -185,7 +185,7 @@ def predict_and_import(project: int, task_ids: list[int], label_config: str) -> 
         part = tasks[i:i + 500]
         entries, _ = backend.predict(project, part, label_config, budget_s=float("inf"))
         preds = [{"task": t["id"], "result": e["result"], "score": e["score"], "model_version": e["model_version"]}
-                 for t, e in zip(part, entries) if e["result"]]
+                 for t, e in zip(part, entries) if e.get("result")]
         if preds:
             backend.client.import_predictions(project, preds)
         imported += len(preds)

@@ -1,6 +1,7 @@
 """Synthesize labeled images and push them into a Label Studio project as tasks with predictions.
 
-A push run covers seeds ``base .. base + chunks·chunk − 1`` in chunks. Each chunk is claimed in Redis
+A push run covers seeds ``base .. base + chunks·chunk − 1`` in chunks (the last chunk only the prefix its
+quota needs, :meth:`PushRun.synthesized`). Each chunk is claimed in Redis
 by whoever runs it (the CLI, or several RQ workers on any machines that reach Redis and Label
 Studio), synthesized, filtered (most uncertain ``filter`` fraction dropped), and imported in a few
 pipelined requests (:meth:`Pusher.import_samples`). Exactly-once: a chunk is marked ``importing`` before
@@ -73,6 +74,20 @@ class PushRun:
     def quota(self, k: int) -> int:
         """Tasks chunk k contributes: kept_per_chunk, the last one only what completes n."""
         return min(self.kept_per_chunk, self.n - k * self.kept_per_chunk)
+
+    def synthesized(self, k: int) -> int:
+        """Samples chunk k synthesizes: the whole chunk, the last one only enough that keeping all but the
+        most uncertain ``filter_frac`` of them still fills its quota (its seeds are a prefix of the chunk's,
+        so a resumed run synthesizes the same ones)."""
+        q = self.quota(k)
+        m = min(self.chunk, math.ceil(q / (1 - self.filter_frac)))
+        while m < self.chunk and m - int(round(m * self.filter_frac)) < q:
+            m += 1
+        return m
+
+    @property
+    def total_synthesized(self) -> int:
+        return sum(self.synthesized(k) for k in range(self.n_chunks))
 
 
 class Pusher:
@@ -175,7 +190,7 @@ class Pusher:
             _, interp = self.backend.interpreter(run.project)
             if seg is None and (interp is None or interp.class_names != label_map.class_names):
                 raise ValueError(f"project {run.project}'s model does not match its labels; train it again")
-            seeds = list(range(run.base_seed + k * run.chunk, run.base_seed + (k + 1) * run.chunk))
+            seeds = list(range(run.base_seed + k * run.chunk, run.base_seed + k * run.chunk + run.synthesized(k)))
             samples = keep_most_certain(self.backend.pipeline.synthesize(seeds, interp, psi=run.psi, segmenter=seg),
                                         run.filter_frac)[:run.quota(k)]
             if run.refiner and samples:    # labelled on the generator's image, pushed in the project's look

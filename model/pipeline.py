@@ -147,6 +147,7 @@ class Pipeline:
         self.G = G.to(self.device).eval().requires_grad_(False)
         self.encoder = encoder.to(self.device) if encoder is not None else None
         self.inversion_steps = inversion_steps
+        self._invert_seconds: float | None = None
 
     @classmethod
     def load(cls, generator: str | None = None, encoder: str | None = None, inversion_steps: int = 30,
@@ -207,6 +208,22 @@ class Pipeline:
             ws.append(res.ws.cpu())
             psnr.append(np.asarray(res.psnr_db, np.float32))
         return torch.cat(ws), np.concatenate(psnr)
+
+    def invert_seconds_per_image(self) -> float:
+        """Wall-clock seconds one image's inversion takes at ``inversion_steps`` on this device: measured
+        once (a 1-step and a 2-step inversion of one generator sample give the fixed cost and the cost per
+        step) and cached. Lets a caller with a deadline decide how many new images it can invert."""
+        if self._invert_seconds is None:
+            x = self.sample_images([0])
+            t = time.perf_counter()
+            self.invert(x, steps=1)
+            one = time.perf_counter() - t
+            t = time.perf_counter()
+            self.invert(x, steps=2)
+            two = time.perf_counter() - t
+            per_step = max(two - one, one / 2, 1e-6)
+            self._invert_seconds = max(one - per_step, 0.0) + per_step * self.inversion_steps
+        return self._invert_seconds
 
     def seed_latents(self, seeds: list[int], psi: float = 1.0) -> torch.Tensor:
         """W+ latents float32 [len(seeds), num_ws, w_dim] (CPU); seed s always gives the same latent."""

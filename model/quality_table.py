@@ -104,13 +104,21 @@ REFINER_POOL_SEED = 70_000_000    # generator samples the table's refiner trains
 
 def table_refiner(pipe: Pipeline, s: QualitySettings, state_path: str | Path | None = None, log=print) -> Refiner:
     """The one SimGAN refiner of a table run: the generator's samples → the look of unlabeled shifted images
-    (rendered from seeds disjoint from every test and labeled set); resumable through ``state_path``."""
+    (rendered from seeds disjoint from every test and labeled set); resumable through ``state_path``. The
+    finished refiner is kept beside it as ``refiner.pt`` (reused by a resumed run, or by ``--refiner``)."""
     real, _ = render_batch(s.n_unlabeled_shifted, seed=7000 + s.seed, size=pipe.resolution, variant="shifted")
     pool = pipe.sample_images(list(range(REFINER_POOL_SEED, REFINER_POOL_SEED + s.pool)))
     recipe = SegmenterRecipe()
-    return train_refiner(pool, real, RefinerConfig(steps=s.refiner_steps, self_reg=recipe.refiner_self_reg),
-                         seed=s.seed, generator_id=pipe.generator_id, state_path=state_path, log=log,
-                         device=pipe.device)
+    done = Path(state_path).with_name("refiner.pt") if state_path else None
+    if done is not None and done.exists():     # a stopped table run: its refiner finished already
+        log(f"using the refiner this table trained before: {done}")
+        return Refiner.load(done, pipe.generator_id).to(pipe.device)
+    refiner = train_refiner(pool, real, RefinerConfig(steps=s.refiner_steps, self_reg=recipe.refiner_self_reg),
+                            seed=s.seed, generator_id=pipe.generator_id, state_path=state_path, log=log,
+                            device=pipe.device)
+    if done is not None:
+        refiner.save(done)
+    return refiner
 
 
 def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,

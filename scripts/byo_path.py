@@ -406,7 +406,7 @@ def push_plan(n: int, filter_frac: float = 0.1, chunk: int = 500) -> dict:
 
     chunk = max(1, min(chunk, math.ceil(n / (1 - filter_frac))))
     run = PushRun("plan", PROJECT, n, 0, chunk, filter_frac, 1.0, "", "datauri", 0.0)
-    return {"n": n, "chunk": chunk, "chunks": run.n_chunks, "synthesized": run.n_chunks * chunk}
+    return {"n": n, "chunk": chunk, "chunks": run.n_chunks, "synthesized": run.total_synthesized}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -438,7 +438,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--segmenter-steps", type=int, default=20, help="reduced: teacher and student steps (default 20)")
     ap.add_argument("--segmenter-pool", type=int, default=64, help="reduced: generator samples labeled (default 64)")
     ap.add_argument("--predict-budget-s", type=float, default=None,
-                    help="DGAN_PREDICT_BUDGET_S for the pages (default: the product's, 60)")
+                    help="DGAN_PREDICT_BUDGET_S for the page before the segmenter (default: the product's, 60; the page after always runs under the product's)")
     ap.add_argument("--finish-queued", action="store_true",
                     help="also run the job that predicts and imports the tasks the first page left (minutes per task "
                          "at 256 px on a CPU)")
@@ -806,7 +806,8 @@ def _backend_stages(a, report: Report, device, timers: Timers, backend, app, con
                                "segmenter_default_recipe_s_is": rec["default_recipe_s_is"]}
                               if "default_recipe_s" in rec else {}))
 
-        # -- 4b. the same page once the segmenter serves -----------------------------------------------------
+        # -- 4b. the same page once the segmenter serves (under the backend's own budget) -----------------------
+        settings.predict_budget_s = type(settings).predict_budget_s
         with report.stage("predict_after_segmenter") as rec:
             t = time.perf_counter()
             resp = app.post("/predict", json=body)
@@ -842,7 +843,7 @@ def _backend_stages(a, report: Report, device, timers: Timers, backend, app, con
         stage_s = timings.get("import_samples", {}).get("seconds", 0.0)
         synth_s = timings.get("synthesize", {}).get("seconds", 0.0)
         seg_ready = backend.segmenter(PROJECT)[1] is not None
-        synthesized = run.n_chunks * run.chunk
+        synthesized = run.total_synthesized
         # `dgan push --n 1000` synthesizes whole chunks of 500 (keeping 450 of each): 3 chunks, 1,500 samples.
         plan = push_plan(1000, run.filter_frac)
         if made == 1000:

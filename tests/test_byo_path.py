@@ -33,8 +33,8 @@ def test_the_checkpoint_has_rosinalitys_layout(byo):
     assert latent_avg.shape == (32,)
     # the real widths: 512 up to 64 px, then halved per resolution
     assert byo.rosinality_channels(256) == {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128}
-    # `dgan push --n 1000` synthesizes whole chunks of 500 (450 kept each)
-    assert byo.push_plan(1000) == {"n": 1000, "chunk": 500, "chunks": 3, "synthesized": 1500}
+    # `dgan push --n 1000`: chunks of 500 (450 kept each), the last one only the 112 its 100 tasks need
+    assert byo.push_plan(1000) == {"n": 1000, "chunk": 500, "chunks": 3, "synthesized": 1112}
 
 
 def test_quick_run_times_every_stage(byo, tmp_path, redis_url):
@@ -68,17 +68,19 @@ def test_quick_run_times_every_stage(byo, tmp_path, redis_url):
     assert fit["segmenter_job_queued"]
 
     before = stages["predict_before_segmenter"]
-    # budget 0: the first batch of 8 is answered, the other 2 are queued for the job, which imports them
-    assert before["page_s"] > 0 and before["answered"] == 8 and before["queued_for_the_job"] == 2
+    # budget 0: nothing fits, so every task is queued for the job, which imports them all
+    assert before["page_s"] > 0 and before["answered"] == 0 and before["queued_for_the_job"] == 10
     assert before["model_versions"] == ["dgan-v1"] and before["predict_job_enqueued"]
-    assert before["queued_job"]["imported"] == 2 and before["queued_job"]["job_s"] > 0
-    assert 0 <= before["miou_answered_vs_exact_masks"] <= 100
+    assert before["queued_job"]["imported"] == 10 and before["queued_job"]["job_s"] > 0
+    assert before["miou_answered_vs_exact_masks"] is None
 
     seg = stages["segmenter"]
     assert seg["job_s"] > 0 and seg["model_version"] == "dgan-v1-segmenter" and seg["recipe"] == "quick"
     after = stages["predict_after_segmenter"]
     assert after["page_s"] > 0 and after["model_versions"] == ["dgan-v1-segmenter"]
-    assert (after["answered"], after["queued_for_the_job"]) == (8, 2) and after["within_label_studio_100s"]
+    # the page after the segmenter runs under the backend's own budget: all answered
+    assert (after["answered"], after["queued_for_the_job"]) == (10, 0) and after["within_label_studio_100s"]
+    assert 0 <= after["miou_answered_vs_exact_masks"] <= 100
 
     push = stages["push"]
     assert push["tasks"] == 10 and push["imported_seeds_distinct"] and push["labels_by"] == "segmenter"

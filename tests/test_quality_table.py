@@ -54,3 +54,20 @@ def test_the_domain_shift_rows_alone_skip_the_ceiling_and_the_default_extras():
     assert "unet_8_real" not in methods and "label_branch_inversion" not in methods and "unet_synthetic_8" not in methods
     for name in shifted:
         assert {"miou_mean", "miou_std", "per_class"} <= set(methods[name]), name
+
+
+def test_the_table_keeps_its_refiner_and_a_resumed_run_reuses_it(tmp_path):
+    from model.quality_table import table_refiner
+    from model.refiner import Refiner
+
+    pipe = Pipeline(tiny_generator(), None, inversion_steps=2)
+    s = QualitySettings(n_unlabeled_shifted=8, pool=6, refiner_steps=3)
+    logs: list[str] = []
+    first = table_refiner(pipe, s, tmp_path / "refiner.state", logs.append)
+    kept = tmp_path / "refiner.pt"
+    assert kept.exists() and not (tmp_path / "refiner.state").exists()
+    again = table_refiner(pipe, s, tmp_path / "refiner.state", logs.append)
+    assert any("trained before" in m for m in logs)
+    x = pipe.sample_images([1, 2])
+    assert np.array_equal(again.refine(x), first.refine(x))
+    assert Refiner.load(kept).meta["steps"] == 3
