@@ -14,6 +14,7 @@ else nothing yet (``dgan-untrained``). Label Studio I/O and the project store li
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -343,9 +344,11 @@ class Backend:
         entries: list[dict] = []
         leftover: list[int] = []
         start = 0
+        # Images fetched but not taken (over the budget) are carried to the next round, not fetched again:
+        # a second fetch costs time and counts twice against the request's pixel budget.
+        loaded: list[tuple[dict, TaskImage | None, str | None]] = []
         while start < len(tasks):
-            loaded: list[tuple[dict, TaskImage | None, str | None]] = []
-            for t in tasks[start:start + PREDICT_BATCH]:
+            for t in tasks[start + len(loaded):start + PREDICT_BATCH]:
                 try:
                     loaded.append((t, self.load_task_image(t, label_map), None))
                 except ValueError as e:
@@ -353,20 +356,23 @@ class Backend:
                     loaded.append((t, None, str(e)))
             new = [inverting and it is not None and self.needs_inversion(it) for _, it, _ in loaded]
             remaining = budget - (time.time() - t0)
-            take, cost = 0, 0.0
-            for is_new in new:
-                cost += self.new_task_seconds() if is_new else self._cheap_task_s
-                if cost > remaining:
-                    break
-                take += 1
+            if math.isinf(budget):      # the job: no deadline (and no one-off inversion estimate to measure)
+                take = len(new)
+            else:
+                take, cost = 0, 0.0
+                for is_new in new:
+                    cost += self.new_task_seconds() if is_new else self._cheap_task_s
+                    if cost > remaining:
+                        break
+                    take += 1
             if take == 0:
                 leftover = [int(t["id"]) for t in tasks[start:]]
                 break
-            loaded, n_new = loaded[:take], sum(new[:take])
+            batch, loaded, n_new = loaded[:take], loaded[take:], sum(new[:take])
             t1 = time.time()
-            items = [it for _, it, _ in loaded if it is not None]
+            items = [it for _, it, _ in batch if it is not None]
             done = iter(self.predict_items(project, items, label_map, foreground)) if items else iter(())
-            for t, it, err in loaded:
+            for t, it, err in batch:
                 if it is None:
                     # No "result": Label Studio stores nothing and asks again once the image is fixed.
                     entries.append({"model_version": self.model_version(project, foreground is not None),
