@@ -12,6 +12,7 @@ Two ways to read them:
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -34,8 +35,16 @@ class FeatureExtractor:
 
     @contextmanager
     def _hooked(self) -> Iterator[list[torch.Tensor]]:
+        """Within the block, the maps of this thread's forward passes of G. The hooks sit on the shared
+        generator, so a pass another thread runs meanwhile (a server's concurrent request) must not land here."""
         maps: list[torch.Tensor] = []
-        handles = [layer.register_forward_hook(lambda _m, _i, out: maps.append(out)) for _, layer in self.layers]
+        owner = threading.get_ident()
+
+        def keep(_m, _i, out: torch.Tensor) -> None:
+            if threading.get_ident() == owner:
+                maps.append(out)
+
+        handles = [layer.register_forward_hook(keep) for _, layer in self.layers]
         try:
             yield maps
         finally:

@@ -126,3 +126,19 @@ def test_class_weighting_changes_the_fit_only_when_the_sample_is_capped(tiny_G):
 
     assert np.array_equal(labels("balanced", 2048), labels("natural", 2048))   # every pixel kept: weights all 1
     assert not np.array_equal(labels("balanced", 8), labels("natural", 8))
+
+
+def test_feature_maps_are_not_mixed_with_another_threads_pass(tiny_G):
+    """The hooks sit on a generator a server's threads share: a pass run by another thread while this one
+    reads its maps (a concurrent request's inversion, say) must not land among them."""
+    import threading
+
+    fx = FeatureExtractor(tiny_G)
+    ws = tiny_G.map(torch.randn(2, tiny_G.cfg.z_dim, generator=torch.Generator().manual_seed(0)))
+    with fx._hooked() as maps:
+        other = threading.Thread(target=lambda: tiny_G.synthesis(ws[:1], noise_mode="const"))
+        other.start()
+        other.join()
+        assert maps == []
+        tiny_G.synthesis(ws, noise_mode="const")
+    assert len(maps) == len(fx.layers) and all(m.shape[0] == 2 for m in maps)
