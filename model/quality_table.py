@@ -111,8 +111,13 @@ def table_refiner(pipe: Pipeline, s: QualitySettings, state_path: str | Path | N
     recipe = SegmenterRecipe()
     done = Path(state_path).with_name("refiner.pt") if state_path else None
     if done is not None and done.exists():     # a stopped table run: its refiner finished already
-        log(f"using the refiner this table trained before: {done}")
-        return Refiner.load(done, pipe.generator_id).to(pipe.device)
+        kept = Refiner.load(done, pipe.generator_id)
+        made = {k: kept.meta.get(k) for k in ("steps", "n_synthetic", "n_real")}
+        want = {"steps": s.refiner_steps, "n_synthetic": s.pool, "n_real": s.n_unlabeled_shifted}
+        if made == want:
+            log(f"using the refiner this table trained before: {done}")
+            return kept.to(pipe.device)
+        log(f"{done} was trained with other settings ({made}, this run: {want}); training it again")
     refiner = train_refiner(pool, real, RefinerConfig(steps=s.refiner_steps, self_reg=recipe.refiner_self_reg),
                             seed=s.seed, generator_id=pipe.generator_id, state_path=state_path, log=log,
                             device=pipe.device)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -71,3 +72,7 @@ def test_the_table_keeps_its_refiner_and_a_resumed_run_reuses_it(tmp_path):
     x = pipe.sample_images([1, 2])
     assert np.array_equal(again.refine(x), first.refine(x))
     assert Refiner.load(kept).meta["steps"] == 3
+    # a run with other refiner settings does not reuse it: it trains (and keeps) its own
+    table_refiner(pipe, dataclasses.replace(s, refiner_steps=4), tmp_path / "refiner.state", logs.append)
+    assert any("trained with other settings" in m for m in logs)
+    assert Refiner.load(kept).meta["steps"] == 4
