@@ -351,7 +351,8 @@ def train_fgbg(G: Generator, cfg: FgBgConfig | None = None, real: np.ndarray | N
     ``cfg.d_init == "pretrained"``. ``state_path``: where the whole training state is written every
     ``cfg.save_every`` steps and after the last one; a run finding it resumes from it (the same
     configuration but ``steps``/``save_every``, which may change: more steps continue training). Ctrl-C
-    saves the state before stopping. ``meta`` of the result records steps, seconds and the last losses."""
+    stops at once; the state of the last saved step is kept, so up to ``save_every`` steps are redone on
+    resuming. ``meta`` of the result records steps, seconds and the last losses."""
     cfg = cfg or FgBgConfig()
     G = G.eval().requires_grad_(False)
     device = G.mapping.w_avg.device
@@ -377,10 +378,13 @@ def train_fgbg(G: Generator, cfg: FgBgConfig | None = None, real: np.ndarray | N
             st = load_checkpoint(state_path, "fgbg-state", gid)
         except CheckpointError as e:
             raise CheckpointError(f"{e} (delete {state_path} to start the alpha-net's training afresh)") from e
-        if _comparable(st["config"]) != _comparable(cfg.to_dict()):
-            raise ValueError(f"{state_path} holds an alpha-net training with another configuration "
-                             f"({_comparable(st['config'])}); delete it or pass the same settings to resume "
-                             f"(only {', '.join(RESUMABLE_CHANGES)} may change)")
+        saved, given = _comparable(st["config"]), _comparable(cfg.to_dict())
+        if saved != given:
+            diff = ", ".join(f"{k} {saved.get(k)!r} there, {given.get(k)!r} here"
+                             for k in sorted(saved.keys() | given.keys()) if saved.get(k) != given.get(k))
+            raise ValueError(f"{state_path} holds an alpha-net training with another configuration ({diff}); "
+                             "delete it to start afresh or pass the same settings to resume (only "
+                             f"{', '.join(RESUMABLE_CHANGES)} may change)")
         tr.load_state(st)
         seconds = float(st["seconds"])
         history = list(st.get("history") or [])

@@ -844,7 +844,7 @@ def _backend_stages(a, report: Report, device, timers: Timers, backend, app, con
         synth_s = timings.get("synthesize", {}).get("seconds", 0.0)
         seg_ready = backend.segmenter(PROJECT)[1] is not None
         synthesized = run.total_synthesized
-        # `dgan push --n 1000` synthesizes whole chunks of 500 (keeping 450 of each): 3 chunks, 1,500 samples.
+        # `dgan push --n 1000`: chunks of 500 (keeping 450 of each), the last only what its quota needs (1,112).
         plan = push_plan(1000, run.filter_frac)
         if made == 1000:
             per_1000, per_1000_is = push_s, "measured"

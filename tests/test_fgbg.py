@@ -86,7 +86,7 @@ def test_training_resumes_to_the_same_state_and_refuses_another_setup(tmp_path):
         assert torch.equal(v, resumed.net.state_dict()[k]), k
     assert resumed.meta["final_losses"] == whole.meta["final_losses"]
     assert any(not torch.equal(v, first.net.state_dict()[k]) for k, v in resumed.net.state_dict().items())
-    with pytest.raises(ValueError, match="another configuration"):
+    with pytest.raises(ValueError, match=r"another configuration \(batch 4 there, 2 here\)"):
         train_fgbg(G, FgBgConfig(steps=6, **{**FAST, "batch": 2}), seed=1, state_path=state)
     with pytest.raises(CheckpointError, match="delete .*fgbg.state"):
         train_fgbg(tiny_generator(seed=5), FgBgConfig(steps=6, **FAST), seed=1, state_path=state)
