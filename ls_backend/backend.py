@@ -57,6 +57,7 @@ def parse_project_id(value) -> int:
 
 
 PREDICT_BATCH = 8    # tasks labeled together by /predict (one batched inversion)
+NEW_TASK_ESTIMATE_TTL_S = 600.0   # a measured cost per inverted task is trusted this long
 
 
 class Backend:
@@ -69,6 +70,7 @@ class Backend:
         self._refiners: dict[str, object] = {}
         self._labeled: dict[tuple, np.ndarray | None] = {}   # labeled_embeddings per (project, version, kind)
         self._new_task_s: float | None = None   # measured seconds per task that needed an inversion
+        self._new_task_at = 0.0                   # ... when (time.time())
         self._cheap_task_s = 0.0                  # ... per task that did not (latent known, or a segmenter)
 
     # -- lazily loaded, cached models -----------------------------------------------------------
@@ -317,9 +319,14 @@ class Backend:
         return item.seed is None and self.store.get_latent(item.digest, self.generator_id) is None
 
     def new_task_seconds(self) -> float:
-        """Seconds a task needing an inversion is expected to take: the last measured figure, else the
-        pipeline's one-off estimate of an inversion (measured on first use)."""
-        return self._new_task_s if self._new_task_s is not None else self.pipeline.invert_seconds_per_image()
+        """Seconds a task needing an inversion is expected to take: the last measured figure, else (none
+        yet, or older than ``NEW_TASK_ESTIMATE_TTL_S``, so one slow batch — a fit sharing the CPU — does not
+        queue every new image for the rest of the process) the pipeline's inversion timing, measured anew."""
+        if self._new_task_s is not None and time.time() - self._new_task_at < NEW_TASK_ESTIMATE_TTL_S:
+            return self._new_task_s
+        stale = self._new_task_s is not None
+        self._new_task_s, self._new_task_at = self.pipeline.invert_seconds_per_image(remeasure=stale), time.time()
+        return self._new_task_s
 
     def predict(self, project: int, tasks: list[dict], label_config: str,
                 budget_s: float | None = None) -> tuple[list[dict], list[int]]:
@@ -381,7 +388,7 @@ class Backend:
                     entries.append(next(done))
             took = time.time() - t1
             if n_new:
-                self._new_task_s = took / n_new          # measured: the next request plans with it
+                self._new_task_s, self._new_task_at = took / n_new, time.time()   # the next request plans with it
             else:
                 self._cheap_task_s = took / take
             start += take

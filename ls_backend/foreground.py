@@ -3,7 +3,8 @@
 Before a project's first fit, ``/predict`` can still answer with Labels4Free's foreground mask
 (:mod:`model.fgbg`) under the label chosen here, in this order:
 
-1. ``DGAN_FOREGROUND_LABEL`` — a label name of the config (``none``: never predict a foreground);
+1. ``DGAN_FOREGROUND_LABEL`` — a label name of the config (``none``: never predict a foreground; a project
+   without that label gets none, with a warning);
 2. the label whose ``hint`` attribute mentions the word "foreground" (``<Label value="Cat" hint="foreground"/>``);
 3. the label whose name reads as a foreground: a word of it is "foreground", "fg", "object" or "objects"
    ("Foreground", "FG mask", "Main object").
@@ -49,16 +50,17 @@ def label_hints(label_config: str, label_map: LabelMap) -> dict[str, str]:
 def foreground_label(label_config: str, label_map: LabelMap, chosen: str | None = None) -> str | None:
     """The project's foreground label (see the module docstring), or None when it has none.
 
-    ``chosen``: ``DGAN_FOREGROUND_LABEL``. Raises :class:`~ls_backend.brush.LabelConfigError` when it names
-    a label the config does not have."""
+    ``chosen``: ``DGAN_FOREGROUND_LABEL``. It is set for the whole installation, so a project whose config
+    does not have that label gets no zero-label foreground (logged with the project's labels), not an
+    error: the other projects keep working."""
     if chosen:
         if chosen.strip().lower() == OFF:
             return None
         if chosen not in label_map.labels:
-            raise LabelConfigError(f"DGAN_FOREGROUND_LABEL={chosen!r} is not a label of this project's config "
-                                   f"(its labels: {list(label_map.labels)}); set it to one of them, to '{OFF}' to "
-                                   "predict no zero-label foreground, or unset it to find the label by its hint or "
-                                   "name")
+            log.warning("DGAN_FOREGROUND_LABEL=%r is not a label of this project's config (its labels: %s): no "
+                        "zero-label foreground for it. Set the variable to one of them, to '%s' to predict none, "
+                        "or unset it to find the label by its hint or name", chosen, list(label_map.labels), OFF)
+            return None
         return chosen
     hinted = [label for label, hint in label_hints(label_config, label_map).items() if "foreground" in _words(hint)]
     named = [label for label in label_map.labels if _words(label) & FOREGROUND_WORDS]

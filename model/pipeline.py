@@ -209,11 +209,12 @@ class Pipeline:
             psnr.append(np.asarray(res.psnr_db, np.float32))
         return torch.cat(ws), np.concatenate(psnr)
 
-    def invert_seconds_per_image(self) -> float:
+    def invert_seconds_per_image(self, remeasure: bool = False) -> float:
         """Wall-clock seconds one image's inversion takes at ``inversion_steps`` on this device: measured
-        once (a 1-step and a 2-step inversion of one generator sample give the fixed cost and the cost per
-        step) and cached. Lets a caller with a deadline decide how many new images it can invert."""
-        if self._invert_seconds is None:
+        (a 1-step and a 2-step inversion of one generator sample give the fixed cost and the cost per
+        step) once and cached, or again with ``remeasure``. Lets a caller with a deadline decide how many
+        new images it can invert."""
+        if self._invert_seconds is None or remeasure:
             x = self.sample_images([0])
             self.invert(x, steps=1)     # untimed: a process's first inversion pays one-off warm-up costs
             t = time.perf_counter()
@@ -222,7 +223,7 @@ class Pipeline:
             t = time.perf_counter()
             self.invert(x, steps=2)
             two = time.perf_counter() - t
-            per_step = max(two - one, one / 2, 1e-6)
+            per_step = two - one if two > one else one / 2     # timer noise: a step costs at most all of one
             self._invert_seconds = max(one - per_step, 0.0) + per_step * self.inversion_steps
         return self._invert_seconds
 

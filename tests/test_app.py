@@ -2,6 +2,7 @@
 
 import base64
 import json
+import time
 
 import numpy as np
 import pytest
@@ -176,7 +177,7 @@ def test_predict_untrained_then_trained(env):
     # latents are answered, a new image is left to the job, and the request returns within its budget.
     fresh = to_uint8(G.synthesis(latents_for_seeds(G, [99])))[0]
     new_image = {"id": 200, "data": {"image": png_data_uri(255 - fresh)}}
-    backend._new_task_s = 1e6
+    backend._new_task_s, backend._new_task_at = 1e6, time.time()
     r = client.post("/predict", json={**body, "tasks": tasks[:5] + [new_image]}).get_json()["results"]
     assert all("result" in e for e in r[:5]) and r[5].get("status") == "queued" and "result" not in r[5]
     backend.settings.predict_budget_s = 0.0

@@ -10,7 +10,7 @@ import torch
 from label_studio_sdk.converter.brush import decode_rle
 
 from ls_backend.backend import FOREGROUND_VERSION, Backend
-from ls_backend.brush import LabelConfigError, parse_label_config
+from ls_backend.brush import parse_label_config
 from ls_backend.config import ConfigError, Settings
 from ls_backend.foreground import foreground_label
 from model.fgbg import AlphaNet, FgBg, FgBgConfig, read_layers
@@ -45,8 +45,11 @@ def test_the_foreground_label_by_env_hint_or_name(caplog):
     # the environment beats both; "none" turns it off
     assert pick(FG, "Background clutter") == "Background clutter"
     assert pick(FG, "none") is None
-    with pytest.raises(LabelConfigError, match=r"DGAN_FOREGROUND_LABEL='Cat' is not a label .*'Foreground'\]"):
-        pick(FG, "Cat")
+    # the variable holds for every project: one without that label gets no foreground, and the log says why
+    with caplog.at_level(logging.WARNING):
+        assert pick(FG, "Cat") is None
+    assert "DGAN_FOREGROUND_LABEL='Cat' is not a label" in caplog.text and "'Foreground'" in caplog.text
+    caplog.clear()
     # two candidates: ambiguous, nothing painted, and the log says what to set
     with caplog.at_level(logging.WARNING):
         assert pick(config('value="object"', 'value="FG"')) is None
@@ -116,13 +119,13 @@ def test_predict_paints_the_foreground_before_the_first_fit(backend):
     assert b.setup(7, NO_FG) == {"model_version": "dgan-untrained"}
 
 
-def test_the_chosen_label_wins_and_an_unknown_one_is_a_clear_error(backend):
+def test_the_chosen_label_wins_and_a_project_without_it_gets_no_foreground(backend):
     b = backend(DGAN_FOREGROUND_LABEL="Background clutter")
     G, lm = b.generator, parse_label_config(FG)
     entries, _ = b.predict(7, _tasks(G, [10, 11]), FG)
     assert {r["value"]["brushlabels"][0] for r in entries[0]["result"]} == {"Background clutter"}
-    with pytest.raises(LabelConfigError, match="DGAN_FOREGROUND_LABEL='Cat' is not a label"):
-        backend(DGAN_FOREGROUND_LABEL="Cat").predict(7, _tasks(G, [10, 11]), FG)
+    entries, _ = backend(DGAN_FOREGROUND_LABEL="Cat").predict(7, _tasks(G, [10, 11]), FG)
+    assert [(e["model_version"], e["result"]) for e in entries] == [("dgan-untrained", [])] * 2
     entries, _ = backend(DGAN_FOREGROUND_LABEL="none").predict(7, _tasks(G, [10, 11]), FG)
     assert entries[0]["model_version"] == "dgan-untrained"
 

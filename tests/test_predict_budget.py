@@ -53,3 +53,25 @@ def test_the_job_without_a_deadline_measures_no_inversion_estimate(stubbed):
     b.new_task_seconds = no_estimate
     entries, leftover = b.predict(7, [{"id": i} for i in range(10)], CONFIG, budget_s=float("inf"))
     assert len(entries) == 10 and leftover == [] and fetched == list(range(10))
+
+
+def test_a_measured_cost_goes_stale_and_is_measured_again(tmp_path):
+    import time
+
+    from ls_backend.backend import NEW_TASK_ESTIMATE_TTL_S
+
+    b = Backend(Settings.from_env({"LABEL_STUDIO_URL": "http://127.0.0.1:9", "LABEL_STUDIO_API_KEY": "x" * 40,
+                                   "MODEL_DIR": str(tmp_path / "models")}))
+    calls: list[bool] = []
+
+    class Timed:
+        def invert_seconds_per_image(self, remeasure: bool = False) -> float:
+            calls.append(remeasure)
+            return 2.0
+
+    b.__dict__["pipeline"] = Timed()
+    assert b.new_task_seconds() == 2.0 and calls == [False]          # no measurement yet: the pipeline's timing
+    b._new_task_s, b._new_task_at = 500.0, time.time()                # one slow batch (a fit shared the CPU)
+    assert b.new_task_seconds() == 500.0 and calls == [False]
+    b._new_task_at -= NEW_TASK_ESTIMATE_TTL_S + 1                     # ... later: timed again, not trusted forever
+    assert b.new_task_seconds() == 2.0 and calls == [False, True]
