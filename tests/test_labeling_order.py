@@ -163,7 +163,7 @@ def test_interpreter_scores_measure_novelty_in_w(backend):
     _, interp = backend.interpreter(6)
     cert = np.clip(1 - backend.pipeline.label(interp, ws)[1].score / np.log(3), 0, 1)
     nov = novelty(latent_embeddings(ws), latent_embeddings(ws_lab))
-    assert nov[0] == 0.0 and (nov[1:] > 0).all()
+    assert nov[0] == pytest.approx(0.0, abs=1e-5) and (nov[1:] > 1e-3).all()   # a copy: 0 up to float error
     assert [e["score"] for e in entries] == pytest.approx(np.round(labeling_score(cert, nov), 4).tolist(), abs=1e-4)
 
     # A version fitted before the labeling order kept no latents: the score is the certainty, as before.
