@@ -79,9 +79,14 @@ def backend(label_studio, redis_conn, e2e_redis_url, tmp_path_factory) -> Backen
     else:
         raise RuntimeError(f"dgan serve did not start; see {logs / 'serve.log'}")
     yield b
-    for p in b.procs:
+    stop_processes(b.procs)
+
+
+def stop_processes(procs: list[subprocess.Popen]) -> None:
+    """Terminate the processes a fixture started; kill any that has not exited after 10 s."""
+    for p in procs:
         p.terminate()
-    for p in b.procs:
+    for p in procs:
         try:
             p.wait(10)
         except subprocess.TimeoutExpired:

@@ -32,7 +32,7 @@ from model.fgbg_eval import foreground_scores
 from model.generator.default import DEFAULT_FGBG
 from model.images import png_data_uri
 
-from .conftest import Backend
+from .conftest import Backend, stop_processes
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not DEFAULT_FGBG.exists(),
@@ -75,13 +75,7 @@ def fg_backend(label_studio, e2e_redis_url, tmp_path_factory) -> Backend:
         wait_for(healthy, 60, f"dgan serve to start (see {logs / 'serve.log'})", every=0.5)
         yield b
     finally:
-        for p in b.procs:
-            p.terminate()
-        for p in b.procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(b.procs)
 
 
 def _foreground(prediction: dict) -> np.ndarray:
