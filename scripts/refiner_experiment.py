@@ -1,7 +1,15 @@
-"""Domain drift on the embedded domain: does SimGAN's refiner let a segmenter trained with zero shifted
-labels pre-annotate shifted images? One draw, JSON lines to stdout and --out.
+"""Domain drift on the embedded domain, the quality table's drifted-project rows draw by draw, for trying
+a change to the refiner or to the drifted project's student before the 3-draw table.
 
-    .venv/bin/python scripts/refiner_experiment.py --steps 1500 --out /tmp/refiner.jsonl
+It trains the table's refiner (``model.quality_table.table_refiner``: the table's pool, 5,000 unlabeled
+shifted images, the recipe's steps and self-regularization) unless ``--refiner`` gives one, then for each
+draw the few-shot teacher and the served student exactly as ``dgan bench quality`` does, and scores both
+domains on the table's 500 test images. It also reports the colour of each part in the refined pool
+against the same part in the project's shifted images (mean RGB inside the part: the refiner's job made
+visible). JSON lines to stdout and ``--out``.
+
+    .venv/bin/python scripts/refiner_experiment.py --out runs/refiner-exp.jsonl
+    .venv/bin/python scripts/refiner_experiment.py --refiner runs/refiner.pt --real-fraction 0.25
 """
 
 from __future__ import annotations
@@ -9,15 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from model.domain.render import CLASSES, render_batch
 from model.metrics import confusion
-from model.pipeline import Pipeline, SegmenterRecipe, per_class_iou
-from model.refiner import RefinerConfig, train_refiner
-from model.segmenter import Segmenter, pseudo_labels, train_segmenter
+from model.pipeline import Pipeline, per_class_iou
+from model.quality_table import REFINER_POOL_SEED, QualitySettings, table_refiner
+from model.refiner import Refiner
+from model.segmenter import Segmenter, train_segmenter
 
 
 def score(seg: Segmenter, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -25,15 +35,21 @@ def score(seg: Segmenter, images: np.ndarray, labels: np.ndarray) -> dict:
     return {"miou": round(float(np.mean(list(pc.values()))), 2), "per_class": pc}
 
 
+def part_colours(images: np.ndarray, labels: np.ndarray) -> dict[str, list[int]]:
+    """uint8 [N, R, R, 3], uint8 [N, R, R] → {class: mean RGB inside it}."""
+    return {c: images[labels == k].mean(0).round().astype(int).tolist()
+            for k, c in enumerate(CLASSES) if (labels == k).any()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--self-reg", type=float, default=1.0)
-    ap.add_argument("--n-real", type=int, default=2000)
-    ap.add_argument("--draw", type=int, default=0)
-    ap.add_argument("--out", default="/tmp/refiner.jsonl")
-    ap.add_argument("--save", default="/tmp/refiner.pt")
+    ap.add_argument("--draws", type=int, nargs="+", default=[0], help="the table's draws to run (0, 1, 2)")
+    ap.add_argument("--refiner", help="a trained refiner (.pt) instead of training the table's")
+    ap.add_argument("--save", default="runs/refiner-exp/refiner.pt", help="where the trained refiner goes")
+    ap.add_argument("--real-fraction", type=float, help="the student's share of real images per batch")
+    ap.add_argument("--out", default="runs/refiner-exp/results.jsonl")
     a = ap.parse_args()
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     out = open(a.out, "a")
 
     def emit(rec: dict) -> None:
@@ -42,34 +58,37 @@ def main() -> None:
         out.flush()
 
     pipe = Pipeline.load()
-    classes = list(CLASSES)
-    r = SegmenterRecipe()
-    real_shift, _ = render_batch(a.n_real, seed=7000, variant="shifted")
-    test_img, test_lab = render_batch(100, seed=1000)
-    sh_img, sh_lab = render_batch(100, seed=1000, variant="shifted")
-    lab_img, lab_lab = render_batch(16, seed=2000, start=a.draw * 16)
-    pool = pipe.sample_images(list(range(r.seed_offset, r.seed_offset + r.pool)))
+    s = QualitySettings()
+    classes, res = list(CLASSES), pipe.resolution
     t = time.time()
-    ref = train_refiner(pool, real_shift, RefinerConfig(steps=a.steps, self_reg=a.self_reg), seed=a.draw,
-                        generator_id=pipe.generator_id, log=lambda m: print(m, flush=True))
-    ref.save(a.save)
-    t_ref = time.time() - t
-    t = time.time()
-    refined = ref.refine(pool)
-    t_apply = time.time() - t
-    np.savez_compressed("/tmp/refined_pool.npz", pool=pool[:64], refined=refined[:64], real=real_shift[:64])
-    emit({"what": "refiner", "seconds": round(t_ref, 1), "refine_2000_s": round(t_apply, 2), **ref.meta})
-    teacher = Segmenter(train_segmenter(lab_img, lab_lab, len(classes), steps=r.teacher_steps, seed=a.draw).model, classes)
-    labels = pseudo_labels(teacher.label(pool).probs, r.min_confidence)
-    emit({"what": "teacher", "default": score(teacher, test_img, test_lab)["miou"],
-          "shifted": score(teacher, sh_img, sh_lab)["miou"]})
-    for name, extra_i, extra_l in (("student_unrefined", pool, labels), ("student_refined", refined, labels),
-                                   ("student_both", np.concatenate([pool, refined]), np.concatenate([labels, labels]))):
-        st = Segmenter(train_segmenter(lab_img, lab_lab, len(classes), steps=r.student_steps, seed=a.draw,
-                                       extra_images=extra_i, extra_labels=extra_l, extra_cutmix=True).model, classes)
-        emit({"what": name, "default": score(st, test_img, test_lab), "shifted": score(st, sh_img, sh_lab),
-              "steps": a.steps, "self_reg": a.self_reg})
+    if a.refiner:
+        refiner = Refiner.load(a.refiner, pipe.generator_id)
+    else:
+        Path(a.save).parent.mkdir(parents=True, exist_ok=True)
+        refiner = table_refiner(pipe, s, Path(a.save).with_suffix(".state"), log=lambda m: print(m, flush=True))
+        refiner.save(a.save)
+    emit({"what": "refiner", "seconds": round(time.time() - t, 1), **refiner.meta})
 
+    pool = pipe.sample_images(list(range(REFINER_POOL_SEED, REFINER_POOL_SEED + 256)))
+    real, real_lab = render_batch(256, seed=7000 + s.seed, size=res, variant="shifted")
+    test_img, test_lab = render_batch(s.n_test, seed=1000 + s.seed, size=res)
+    sh_img, sh_lab = render_batch(s.n_test, seed=1000 + s.seed, size=res, variant="shifted")
+    unlabeled = render_batch(500, seed=7000 + s.seed, size=res, variant="shifted")[0]
+    recipe = s.recipe() if a.real_fraction is None else replace(s.recipe(), real_fraction=a.real_fraction)
+    for draw in a.draws:
+        lab_img, lab_lab = render_batch(s.n_labeled, seed=2000 + s.seed, size=res, start=draw * s.n_labeled)
+        few = train_segmenter(lab_img, lab_lab, len(classes), steps=s.unet_steps, seed=draw).model
+        teacher = Segmenter(few, classes, pipe.generator_id)
+        if draw == a.draws[0]:
+            pool_lab = teacher.label(pool).labels
+            emit({"what": "part_colours", "pool": part_colours(pool, pool_lab),
+                  "refined": part_colours(refiner.refine(pool), pool_lab), "project": part_colours(real, real_lab)})
+        t = time.time()
+        served = pipe.train_segmenter(lab_img, lab_lab, classes, recipe, seed=draw, refiner=refiner,
+                                      unlabeled=unlabeled, teacher=teacher, log=lambda m: print(m, flush=True))
+        emit({"what": "served_pre_annotator_refined", "draw": draw, "real_fraction": recipe.real_fraction,
+              "refiner": a.refiner or a.save, "seconds": round(time.time() - t, 1),
+              "default": score(served, test_img, test_lab), "shifted": score(served, sh_img, sh_lab)})
 
 if __name__ == "__main__":
     main()

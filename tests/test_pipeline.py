@@ -26,7 +26,9 @@ def pipe() -> Pipeline:
 def test_segmenter_learns_the_labeled_images_and_labels_generated_ones(pipe, tmp_path):
     images, parts = render_batch(12, seed=0, size=32)
     masks = np.where(parts == 0, 0, np.where(parts == 9, 1, 2)).astype(np.uint8)   # background, torso, head
-    recipe = SegmenterRecipe(teacher_steps=50, student_steps=20, pool=8, batch=6, base=8, lr=1e-2)
+    # 100 + 100 steps: every region above 0.7 IoU for seeds 0-2; 50 + 20 left torso at 0.05-0.47 on
+    # some CPUs (the student had not converged), too close to the 0.5 bar
+    recipe = SegmenterRecipe(teacher_steps=100, student_steps=100, pool=8, batch=6, base=8, lr=5e-3)
     seg = pipe.train_segmenter(images, masks, CLASSES, recipe, seed=0)
     pred = seg.label(images)
     iou = iou_per_class(pred.labels, masks, 3)
