@@ -70,10 +70,10 @@ def main() -> None:
     emit({"what": "refiner", "seconds": round(time.time() - t, 1), **refiner.meta})
 
     pool = pipe.sample_images(list(range(REFINER_POOL_SEED, REFINER_POOL_SEED + 256)))
-    real, real_lab = render_batch(256, seed=7000 + s.seed, size=res, variant="shifted")
     test_img, test_lab = render_batch(s.n_test, seed=1000 + s.seed, size=res)
     sh_img, sh_lab = render_batch(s.n_test, seed=1000 + s.seed, size=res, variant="shifted")
-    unlabeled = render_batch(500, seed=7000 + s.seed, size=res, variant="shifted")[0]
+    # the project's 500 task images the table's served segmenter reads (their masks only for part_colours)
+    unlabeled, unlabeled_lab = render_batch(500, seed=7000 + s.seed, size=res, variant="shifted")
     recipe = s.recipe() if a.real_fraction is None else replace(s.recipe(), real_fraction=a.real_fraction)
     for draw in a.draws:
         lab_img, lab_lab = render_batch(s.n_labeled, seed=2000 + s.seed, size=res, start=draw * s.n_labeled)
@@ -82,13 +82,14 @@ def main() -> None:
         if draw == a.draws[0]:
             pool_lab = teacher.label(pool).labels
             emit({"what": "part_colours", "pool": part_colours(pool, pool_lab),
-                  "refined": part_colours(refiner.refine(pool), pool_lab), "project": part_colours(real, real_lab)})
+                  "refined": part_colours(refiner.refine(pool), pool_lab), "project": part_colours(unlabeled[:256], unlabeled_lab[:256])})
         t = time.time()
         served = pipe.train_segmenter(lab_img, lab_lab, classes, recipe, seed=draw, refiner=refiner,
                                       unlabeled=unlabeled, teacher=teacher, log=lambda m: print(m, flush=True))
         emit({"what": "served_pre_annotator_refined", "draw": draw, "real_fraction": recipe.real_fraction,
               "refiner": a.refiner or a.save, "seconds": round(time.time() - t, 1),
               "default": score(served, test_img, test_lab), "shifted": score(served, sh_img, sh_lab)})
+
 
 if __name__ == "__main__":
     main()
