@@ -28,7 +28,11 @@ install_label_studio() {
   if [ ! -x .venv-ls/bin/label-studio ]; then
     echo "installing label-studio==1.23.2 into .venv-ls (about 2.5 min) ..." >&2
     "$PY" -m venv .venv-ls
-    .venv-ls/bin/pip install -q "label-studio==1.23.2" 2>&1 | grep -v "is ignored" >&2 || true
+    for try in 1 2 3; do                     # a package index that drops a connection fails the install
+      .venv-ls/bin/pip install -q "label-studio==1.23.2" 2>&1 | grep -v "is ignored" >&2 || true
+      [ -x .venv-ls/bin/label-studio ] && break
+      echo "label-studio installation try $try failed; trying again" >&2; sleep 5
+    done
     [ -x .venv-ls/bin/label-studio ] || { echo "label-studio installation failed" >&2; exit 1; }
   fi
 }
@@ -48,7 +52,7 @@ case "$cmd" in
     ensure_redis
     if [ "$#" -eq 0 ]; then
       install_label_studio
-      exec "$VENV/bin/python" -m pytest -m "slow or not slow" -q
+      exec "$VENV/bin/python" -m pytest -m "slow or not slow" -q --durations=20
     fi
     exec "$VENV/bin/python" -m pytest "$@" ;;
   *) exec "$VENV/bin/dgan" "$cmd" "$@" ;;

@@ -103,6 +103,23 @@ def worker_class() -> type:
                 except Exception as e:  # noqa: BLE001 - Redis gone: recover_unfitted queues fits at the next start
                     log.error("job %s abandoned on shutdown could not be queued again: %s", job.id, e)
 
+        def unsubscribe(self):
+            # RQ's own waits up to its pubsub thread's 60 s poll when the thread has not seen its subscription
+            # confirmed yet (redis-py >= 8 joins it with no timeout), past `docker stop`'s 10 s. Bound it.
+            thread = self.pubsub_thread
+            if thread is None:
+                return
+            try:
+                self.pubsub.unsubscribe()
+            except Exception as e:  # noqa: BLE001 - Redis gone at shutdown: nothing left to unsubscribe from
+                log.debug("unsubscribe at shutdown failed: %s", e)
+            try:
+                thread.stop(timeout=1)
+            except TypeError:                        # redis-py < 8: stop() takes no timeout and does not join
+                thread.stop()
+            thread.join(timeout=1)                   # a daemon thread: still blocked, it dies with the process
+            self.pubsub.close()
+
         def request_stop(self, signum, frame):
             job = self._running
             if job is None:
