@@ -28,7 +28,7 @@ def bench_push(project: int, n: int = 500, rounds: int = 3) -> dict:
     from model.images import png_data_uri
 
     from .backend import Backend
-    from .brush import mask_to_results, parse_label_config
+    from .brush import masks_to_results, parse_label_config
     from .config import Settings
     from .jobs import redis_from_settings
     from .push import Pusher, PushRun
@@ -46,8 +46,8 @@ def bench_push(project: int, n: int = 500, rounds: int = 3) -> dict:
     samples = backend.pipeline.synthesize(list(range(10**8, 10**8 + n)), interp)
     synth_s = time.perf_counter() - t
     raw_tasks = [{"data": {label_map.image_key: png_data_uri(x.image), "dgan_seed": x.seed},
-                  "predictions": [{"result": mask_to_results(x.labels, label_map), "score": 0.5,
-                                   "model_version": "bench"}]} for x in samples]
+                  "predictions": [{"result": result, "score": 0.5, "model_version": "bench"}]}
+                 for x, result in zip(samples, masks_to_results([x.labels for x in samples], label_map))]
     url, headers = backend.settings.label_studio_url, backend.client.auth_headers()
     conn = redis_from_settings(backend.settings)
     scratch: list[int] = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .polygons import polygon_results, rasterize_rings, result_ring
-from .rle import decode_mask, encode_mask
+from .rle import decode_mask, encode_classes, encode_classes_batch
 
 log = logging.getLogger(__name__)
 
@@ -176,26 +176,42 @@ def mask_to_results(mask: np.ndarray, label_map: LabelMap, tolerance: float | No
     per class of the BrushLabels, then one polygon result per connected part of each class of the
     PolygonLabels, traced and simplified to ``tolerance`` pixels (None: ``DGAN_POLYGON_TOLERANCE``, 0.5).
     A project with both controls gets both for the labels they share."""
-    h, w = mask.shape
-    present = [int(c) for c in np.unique(mask) if c != 0]
-    for cid in present:
-        if cid > len(label_map.labels):
-            raise ValueError(f"class id {cid} has no label in the project's labels {list(label_map.labels)}")
-    results = []
+    return masks_to_results([mask], label_map, tolerance)[0]
+
+
+def masks_to_results(masks: list[np.ndarray] | np.ndarray, label_map: LabelMap,
+                     tolerance: float | None = None) -> list[list[dict]]:
+    """Class masks (uint8 [H, W] each) → :func:`mask_to_results` of each. Masks of one size have their brushes
+    encoded in one vectorised pass (``encode_classes_batch``), several times faster than one by one."""
+    present_of = []
+    for mask in masks:
+        if mask.ndim != 2:
+            raise ValueError(f"a class mask is 2-D [H, W], got shape {list(mask.shape)}")
+        present = [int(c) for c in np.unique(mask) if c != 0]
+        for cid in present:
+            if cid > len(label_map.labels):
+                raise ValueError(f"class id {cid} has no label in the project's labels {list(label_map.labels)}")
+        present_of.append(present)
     brush = set(label_map.brush_label_set)
-    for cid in present:
-        label = label_map.labels[cid - 1]
-        if label not in brush:
-            continue
-        rle = encode_mask(mask == cid)
-        results.append({"from_name": label_map.from_name, "to_name": label_map.to_name, "type": "brushlabels",
-                        "original_width": int(w), "original_height": int(h), "image_rotation": 0,
-                        "value": {"format": "rle", "rle": rle, "brushlabels": [label]}})
-    if label_map.polygon_name:
-        wanted = {cid: label_map.labels[cid - 1] for cid in present
-                  if label_map.labels[cid - 1] in label_map.polygon_labels}
-        results += polygon_results(mask, label_map.polygon_name, label_map.to_name, wanted, tolerance)
-    return results
+    brush_ids = [[cid for cid in present if label_map.labels[cid - 1] in brush] for present in present_of]
+    shapes = {m.shape for m in masks}
+    if len(shapes) == 1:
+        rles = encode_classes_batch(np.stack(masks), brush_ids)
+    else:
+        rles = [encode_classes(m, ids) for m, ids in zip(masks, brush_ids)]
+    out = []
+    for mask, present, rle_of in zip(masks, present_of, rles):
+        h, w = mask.shape
+        results = [{"from_name": label_map.from_name, "to_name": label_map.to_name, "type": "brushlabels",
+                    "original_width": int(w), "original_height": int(h), "image_rotation": 0,
+                    "value": {"format": "rle", "rle": rle, "brushlabels": [label_map.labels[cid - 1]]}}
+                   for cid, rle in rle_of.items()]
+        if label_map.polygon_name:
+            wanted = {cid: label_map.labels[cid - 1] for cid in present
+                      if label_map.labels[cid - 1] in label_map.polygon_labels}
+            results += polygon_results(mask, label_map.polygon_name, label_map.to_name, wanted, tolerance)
+        out.append(results)
+    return out
 
 
 def validate_results(results: list[dict], label_map: LabelMap) -> None:

@@ -36,7 +36,7 @@ import numpy as np
 
 from model.pipeline import certainty
 
-from .brush import mask_to_results, parse_label_config
+from .brush import masks_to_results, parse_label_config
 from .redis_keys import RedisKeys
 
 MAX_DATA_URI_PX = 256                         # larger images must go to storage, not into the task JSON
@@ -98,6 +98,7 @@ class Pusher:
     import_batch = 500
     first_fraction = 0.25
     encode_threads = 2
+    encode_block = 25          # tasks encoded together: their brushes in one vectorised pass
 
     def __init__(self, backend, conn, document_root: str | None = None, keys: RedisKeys | None = None) -> None:
         """``keys``: the Redis key names (default: the backend's settings' prefix)."""
@@ -210,9 +211,9 @@ class Pusher:
         imported in a few requests, chunk state "importing" → "done" in Redis. Returns the tasks imported.
 
         Pipelined, so that Label Studio (its own process) is kept busy from the start: ``encode_threads``
-        encode tasks in order ahead of the requests; the first request leaves as soon as a quarter of the
-        chunk (``first_fraction``) is ready, and whenever a request has been answered the next one takes
-        every task encoded meanwhile (at most ``import_batch``; a tail shorter than the first request waits
+        encode tasks in order, ``encode_block`` at a time, ahead of the requests; the first request leaves as
+        soon as a quarter of the chunk (``first_fraction``) is ready, and whenever a request has been answered
+        the next one takes every task encoded meanwhile (at most ``import_batch``; a tail shorter than the first request waits
         to join it, as each request costs Label Studio a fixed overhead). Memory: at most ``import_batch``
         tasks encoded ahead, ``import_batch`` waiting and one request in flight. An error in encoding or in
         a request stops the chunk there and is raised here, the chunk left "importing" for the resume to
@@ -222,17 +223,21 @@ class Pusher:
         if run.storage.startswith("local:"):
             project_dir = Path(run.storage[len("local:"):]) / "dgan" / f"project-{run.project}" / run.run_id
             project_dir.mkdir(parents=True, exist_ok=True)
-        encode = partial(self._task, run, n_cls=len(label_map.class_names), label_map=label_map,
+        encode = partial(self._tasks, run, n_cls=len(label_map.class_names), label_map=label_map,
                          project_dir=project_dir)
+        blocks = [samples[i:i + self.encode_block] for i in range(0, len(samples), self.encode_block)]
         first = max(1, math.ceil(len(samples) * self.first_fraction))
         self.conn.set(key, "importing")
         imported = 0
         encoder = ThreadPoolExecutor(max_workers=self.encode_threads, thread_name_prefix="dgan-encode")
+        tasks = (task for block in ordered_map(encoder, encode, blocks,
+                                               ahead=math.ceil(self.import_batch / self.encode_block))
+                 for task in block)
         try:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgan-import") as importer:
                 in_flight: Future | None = None
                 ready: list[dict] = []
-                for i, task in enumerate(ordered_map(encoder, encode, samples, ahead=self.import_batch)):
+                for i, task in enumerate(tasks):
                     ready.append(task)
                     if not self._send_now(len(ready), len(samples) - i - 1, in_flight, first):
                         continue
@@ -260,15 +265,15 @@ class Pusher:
         self.backend.client.import_tasks(project, tasks)
         return len(tasks)
 
-    def _task(self, run: PushRun, x, n_cls: int, label_map, project_dir: Path | None) -> dict:
-        """One synthesized sample → a Label Studio task with its prediction (score = certainty)."""
-        sure = certainty(x.uncertainty, n_cls)
-        return {"data": {label_map.image_key: self._image_value(run, x.seed, x.image, project_dir),
-                         "dgan_seed": x.seed, "dgan_psi": run.psi, "dgan_uncertainty": round(x.uncertainty, 6),
-                         "dgan_generator_id": self.backend.generator_id, "dgan_model_version": run.model_version,
-                         "dgan_push_run": run.run_id, **({"dgan_refined": True} if run.refiner else {})},
-                "predictions": [{"result": mask_to_results(x.labels, label_map), "score": round(sure, 4),
-                                 "model_version": run.model_version}]}
+    def _tasks(self, run: PushRun, xs: list, n_cls: int, label_map, project_dir: Path | None) -> list[dict]:
+        """Synthesized samples → Label Studio tasks, each with its prediction (score = certainty)."""
+        results = masks_to_results([x.labels for x in xs], label_map)
+        return [{"data": {label_map.image_key: self._image_value(run, x.seed, x.image, project_dir),
+                          "dgan_seed": x.seed, "dgan_psi": run.psi, "dgan_uncertainty": round(x.uncertainty, 6),
+                          "dgan_generator_id": self.backend.generator_id, "dgan_model_version": run.model_version,
+                          "dgan_push_run": run.run_id, **({"dgan_refined": True} if run.refiner else {})},
+                 "predictions": [{"result": result, "score": round(certainty(x.uncertainty, n_cls), 4),
+                                  "model_version": run.model_version}]} for x, result in zip(xs, results)]
 
     def push(self, run: PushRun, on_progress: Callable[[int], None] | None = None, poll_s: float = 2.0) -> int:
         """Run every chunk not yet done; chunks another live process holds are left to it and waited for.

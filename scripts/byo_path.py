@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = resolve_device(a.device)
     own_tmp = a.workdir is None
-    work = Path(a.workdir or tempfile.mkdtemp(prefix="dgan-byo-"))
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="dgan-byo-")).resolve()   # redis-server resolves its logfile after chdir
     work.mkdir(parents=True, exist_ok=True)
     head = {
         "what": "the bring-your-own-checkpoint path at a real StyleGAN2 size: convert, encoder, fit through "

@@ -47,19 +47,19 @@ def _run(n: int, storage: str = "datauri") -> PushRun:
 
 class CountingPusher(Pusher):
     """Counts encoded tasks (what the fake Label Studio below looks at); encoding paced at ``encode_s``
-    per task, like a real 64 px task (tiny test images would be encoded before the first request left)."""
+    per task (blocks of ``encode_block``), like a real 64 px task (tiny test images would be encoded before the first request left)."""
 
     def __init__(self, *args, encode_s: float = 0.003, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.encoded, self.encode_s = 0, encode_s
         self._count_lock = threading.Lock()
 
-    def _task(self, *args, **kwargs) -> dict:
-        time.sleep(self.encode_s)
-        task = super()._task(*args, **kwargs)
+    def _tasks(self, run, xs, *args, **kwargs) -> list[dict]:
+        time.sleep(self.encode_s * len(xs))
+        tasks = super()._tasks(run, xs, *args, **kwargs)
         with self._count_lock:
-            self.encoded += 1
-        return task
+            self.encoded += len(tasks)
+        return tasks
 
 
 class SlowLabelStudio:

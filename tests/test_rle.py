@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, encode_rle, mask2rle
 
-from ls_backend.rle import decode, decode_mask, encode_mask
+from ls_backend.rle import decode, decode_mask, encode_classes, encode_mask
 
 
 def _masks():
@@ -34,6 +34,24 @@ def test_encode_is_byte_identical_to_the_sdk_and_round_trips(name, mask):
     assert ours == [int(v) for v in mask2rle(mask * 255)]
     assert np.array_equal(decode_mask(ours, *mask.shape), mask.astype(bool))
     assert np.array_equal(decode(ours), np.asarray(decode_rle(ours), np.uint8))
+
+
+def test_every_class_of_a_mask_at_once_matches_the_sdk_class_by_class():
+    rng = np.random.default_rng(1)
+    blobs = rng.integers(0, 6, (12, 12)).repeat(5, 0).repeat(5, 1).astype(np.uint8)    # 60x60, ids 0..5
+    blobs[:, :3] = 4                                                                     # a class at the start
+    blobs[-1, -7:] = 5                                                                   # ... and at the end
+    big = np.zeros((300, 300), np.int64)                                                 # int ids, long runs
+    big[100:120, 30:90], big[250:, :] = 3, 7
+    for labels, ids in ((blobs, [1, 2, 3, 4, 5, 9]), (big, [3, 7, 0]), (blobs, [])):
+        got = encode_classes(labels, ids)
+        assert list(got) == ids
+        for c in ids:                                   # 9: absent, an empty brush; 0: the background itself
+            assert got[c] == [int(v) for v in mask2rle((labels == c).astype(np.uint8) * 255)], c
+    with pytest.raises(ValueError, match="distinct integers 0..255"):
+        encode_classes(blobs, [1, 1])
+    with pytest.raises(ValueError, match="0..255"):
+        encode_classes(big * 100, [3])
 
 
 def test_decode_reads_literal_blocks_as_the_web_editor_writes_them():
