@@ -496,7 +496,7 @@ class Backend:
                                                 should_stop=should_stop, unlabeled=unlabeled,
                                                 refiner_state=self.store.refiner_state_path(project, version))
         except TrainingStopped as e:
-            return {"model_version": name, "stopped": f"a fit is waiting; it queues the segmenter again ({e})"}
+            return {"model_version": name, "stopped": f"a fit is waiting ({e})"}
         seg.meta.update({"model_version": name, "trained_after": model_version_name(version)})
         if seg.refiner is not None:
             seg.refiner.save(self.store.refiner_path(project, version))

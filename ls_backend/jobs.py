@@ -26,6 +26,7 @@ JOB_TIMEOUT_S = 60 * 60       # RQ job timeout (a fit on many images can take mi
 FIT_QUEUED_TTL_S = 600        # a queued fit that never started stops deduplicating after this long
 LOCK_TTL_S = 90               # fit lock lifetime, renewed by a heartbeat while the fit runs
 RECHECK_S = 60                # a fit that found the lock taken looks again this much later
+SEGMENTER_MAX_YIELDS = 3      # times a segmenter training restarts for other projects' fits, then it finishes
 
 _backend = None
 
@@ -63,7 +64,16 @@ def enqueue_fit(settings: Settings, conn: Redis, project: int) -> str | None:
     except Exception:
         conn.delete(settings.keys.fit_queued(project))
         raise
+    conn.zadd(settings.keys.fits_waiting, {str(int(project)): time.time()})
     return job.id
+
+
+def other_fit_waiting(conn: Redis, keys: RedisKeys, project: int) -> bool:
+    """A fit of another project waits in the queue (queued in the last FIT_QUEUED_TTL_S; one that never
+    started is forgotten after that, as its dedup key is)."""
+    stale = time.time() - FIT_QUEUED_TTL_S
+    conn.zremrangebyscore(keys.fits_waiting, "-inf", stale)
+    return any(int(p) != int(project) for p in conn.zrangebyscore(keys.fits_waiting, stale, "+inf"))
 
 
 def fit_lock(conn: Redis, keys: RedisKeys, project: int):
@@ -104,6 +114,7 @@ def fit_project(project: int) -> dict:
     conn = redis_from_settings(backend.settings)
     keys = backend.settings.keys
     conn.delete(keys.fit_queued(project))     # from now on, a new event queues a new fit job
+    conn.zrem(keys.fits_waiting, str(int(project)))
     lock = fit_lock(conn, keys, project)
     fits: list[dict] = []
 
@@ -146,28 +157,46 @@ def fit_project(project: int) -> dict:
             return {"project": project, "fits": fits}
 
 
-def train_segmenter(project: int, version: int) -> dict:
+def train_segmenter(project: int, version: int, yields: int = 0) -> dict:
     """RQ job: train the segmenter of fitted version N (see ``Backend.train_segmenter``). It holds no
     lock: it reads version N's saved training images and writes only its own file, atomically. It makes
-    way for fits: when a training event arrives it stops within a few steps, and the fit (new version
-    or unchanged) queues it again, so a fit never waits minutes behind it."""
+    way for fits, so that a team that has just annotated never waits minutes behind it:
+    - a training event of its own project: it stops within a few steps, and the fit (new version or
+      unchanged) queues it again;
+    - a fit of another project waiting in the queue: it stops and queues itself again behind that fit,
+      at most ``SEGMENTER_MAX_YIELDS`` times (``yields`` counts them), then trains to the end."""
     backend = get_backend()
     conn = redis_from_settings(backend.settings)
     keys = backend.settings.keys
+    why: list[str] = []
 
-    # A training event not yet fitted: the fit goes first; fit_project queues this job again after it.
-    return {"project": project, **backend.train_segmenter(
-        project, version, should_stop=lambda: fit_pending(conn, keys, project))}
+    def should_stop() -> bool:
+        if fit_pending(conn, keys, project):
+            why.append("own")
+            return True
+        if yields < SEGMENTER_MAX_YIELDS and other_fit_waiting(conn, keys, project):
+            why.append("other")
+            return True
+        return False
+
+    result = {"project": project, **backend.train_segmenter(project, version, should_stop=should_stop)}
+    if "stopped" in result and why[-1:] == ["other"]:
+        result["queued_again"] = enqueue_segmenter(backend.settings, conn, project, version, yields=yields + 1)
+        log.info("segmenter of project %s v%s made way for another project's fit; queued again (%d of %d)",
+                 project, version, yields + 1, SEGMENTER_MAX_YIELDS)
+    return result
 
 
-def enqueue_segmenter(settings: Settings, conn: Redis, project: int, version: int) -> str | None:
-    """Queue the segmenter of version N unless DGAN_SEGMENTER=off; returns the job id."""
+def enqueue_segmenter(settings: Settings, conn: Redis, project: int, version: int, yields: int = 0) -> str | None:
+    """Queue the segmenter of version N unless DGAN_SEGMENTER=off; returns the job id. ``yields``: how many
+    times it has already made way for other projects' fits."""
     from rq import Retry
 
     if settings.segmenter_recipe == "off":
         return None
-    job = queue(settings, conn).enqueue(train_segmenter, project, version, retry=Retry(max=2, interval=[30, 120]),
-                                        job_timeout=JOB_TIMEOUT_S,
+    job = queue(settings, conn).enqueue(train_segmenter, args=(project, version),
+                                        kwargs={"yields": yields} if yields else {},
+                                        retry=Retry(max=2, interval=[30, 120]), job_timeout=JOB_TIMEOUT_S,
                                         description=f"train the segmenter of project {project} v{version}")
     return job.id
 

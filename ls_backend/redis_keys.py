@@ -56,6 +56,12 @@ class RedisKeys:
         """Set while a fit job of the project waits in the queue (one queued fit per project, not one per event)."""
         return f"{self.prefix}:p:{int(project)}:fit_queued"
 
+    @property
+    def fits_waiting(self) -> str:
+        """Sorted set: projects with a fit job waiting in the queue, scored by when it was queued (a segmenter
+        training of another project makes way for them)."""
+        return f"{self.prefix}:fits_waiting"
+
     def last_fit(self, project: int) -> str:
         """JSON summary of the latest fit (or its error)."""
         return f"{self.prefix}:p:{int(project)}:last_fit"

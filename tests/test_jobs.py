@@ -145,3 +145,41 @@ def test_a_fit_queues_the_segmenter_which_makes_way_for_waiting_fits(setup):
     assert backend.stop_answers == [False, True]
     settings.segmenter_recipe = "off"
     assert jobs.enqueue_segmenter(settings, conn, 6, 1) is None
+
+
+class StoppableSegmenterBackend(SegmenterBackend):
+    """train_segmenter stops (as Backend.train_segmenter does) as soon as its should_stop answers True."""
+
+    def train_segmenter(self, project, version, should_stop=None):
+        self.stop_answers.append(should_stop())
+        if self.stop_answers[-1]:
+            return {"model_version": f"dgan-v{version}-segmenter", "stopped": "a fit is waiting"}
+        return {"model_version": f"dgan-v{version}-segmenter"}
+
+
+def test_a_segmenter_makes_way_for_another_projects_fit_and_queues_itself_behind_it(setup):
+    settings, conn, mp = setup
+    K = settings.keys
+    backend = StoppableSegmenterBackend(settings, conn)
+    mp.setattr(jobs, "_backend", backend)
+    q = jobs.queue(settings, conn)
+    q.empty()
+    conn.delete(K.fits_waiting)
+    conn.incr(K.event_seq(8))
+    jobs.enqueue_fit(settings, conn, 8)                       # project 8's team annotated: its fit waits
+    out = jobs.train_segmenter(6, 1)                          # project 6's segmenter stops for it ...
+    assert out["stopped"] and out["queued_again"]
+    order = [(j.func_name.rsplit(".", 1)[1], j.args, j.kwargs) for j in q.jobs]
+    assert order == [("fit_project", (8,), {}), ("train_segmenter", (6, 1), {"yields": 1})]   # ... and goes behind it
+    assert not jobs.other_fit_waiting(conn, K, 8)             # its own fit does not count as another's
+    jobs.fit_project(8)                                        # the fit starts: no longer waiting
+    assert conn.zcard(K.fits_waiting) == 0
+    assert jobs.train_segmenter(6, 1, yields=1) == {"project": 6, "model_version": "dgan-v1-segmenter"}
+    # After SEGMENTER_MAX_YIELDS restarts it trains to the end whatever waits.
+    conn.incr(K.event_seq(9))
+    jobs.enqueue_fit(settings, conn, 9)
+    done = jobs.train_segmenter(6, 1, yields=jobs.SEGMENTER_MAX_YIELDS)
+    assert "stopped" not in done and backend.stop_answers[-1] is False
+    # A fit queued long ago that never started (its worker gone) no longer holds segmenters back.
+    conn.zadd(K.fits_waiting, {"9": time.time() - jobs.FIT_QUEUED_TTL_S - 1})
+    assert not jobs.other_fit_waiting(conn, K, 6)
