@@ -113,11 +113,12 @@ def test_installations_with_different_prefixes_share_a_redis_without_touching_ea
 
 
 class SegmenterBackend(RecordingBackend):
-    """fit returns a version; train_segmenter records whether its should_stop saw a waiting fit."""
+    """fit returns a version; train_segmenter records whether its should_stop saw a waiting fit and, with
+    ``stops``, stops then (as Backend.train_segmenter does)."""
 
-    def __init__(self, settings, conn):
+    def __init__(self, settings, conn, stops=False):
         super().__init__(settings, conn)
-        self.stop_answers = []
+        self.stop_answers, self.stops = [], stops
 
     def fit(self, project):
         self.calls += 1
@@ -125,6 +126,8 @@ class SegmenterBackend(RecordingBackend):
 
     def train_segmenter(self, project, version, should_stop=None):
         self.stop_answers.append(should_stop())
+        if self.stops and self.stop_answers[-1]:
+            return {"model_version": f"dgan-v{version}-segmenter", "stopped": "a fit is waiting"}
         return {"model_version": f"dgan-v{version}-segmenter"}
 
 
@@ -147,20 +150,10 @@ def test_a_fit_queues_the_segmenter_which_makes_way_for_waiting_fits(setup):
     assert jobs.enqueue_segmenter(settings, conn, 6, 1) is None
 
 
-class StoppableSegmenterBackend(SegmenterBackend):
-    """train_segmenter stops (as Backend.train_segmenter does) as soon as its should_stop answers True."""
-
-    def train_segmenter(self, project, version, should_stop=None):
-        self.stop_answers.append(should_stop())
-        if self.stop_answers[-1]:
-            return {"model_version": f"dgan-v{version}-segmenter", "stopped": "a fit is waiting"}
-        return {"model_version": f"dgan-v{version}-segmenter"}
-
-
 def test_a_segmenter_makes_way_for_another_projects_fit_and_queues_itself_behind_it(setup):
     settings, conn, mp = setup
     K = settings.keys
-    backend = StoppableSegmenterBackend(settings, conn)
+    backend = SegmenterBackend(settings, conn, stops=True)
     mp.setattr(jobs, "_backend", backend)
     q = jobs.queue(settings, conn)
     q.empty()

@@ -1,5 +1,8 @@
-"""End-to-end fixtures: a real Label Studio (started once per session), real Redis, and the backend's
-own processes (`dgan serve`, `dgan worker`) started as a user would."""
+"""End-to-end fixtures: a real Label Studio (started once for these tests), real Redis, and the backend's
+own processes (`dgan serve`, `dgan worker`) started as a user would.
+
+Package-scoped: they stop when the last end-to-end test ends. Session-scoped, the worker went on training
+the segmenters the tests had queued while the fast tests ran, and slowed them down by minutes."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from ls_backend.redis_keys import RedisKeys
 KEYS = RedisKeys("dgan-e2e")         # the backend's keys in these tests (DGAN_REDIS_PREFIX below)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def label_studio(tmp_path_factory) -> LabelStudioProcess:
     url, token = os.environ.get("DGAN_E2E_LS_URL"), os.environ.get("DGAN_E2E_LS_TOKEN")
     if url and token:   # reuse a running instance (development)
@@ -33,13 +36,13 @@ def label_studio(tmp_path_factory) -> LabelStudioProcess:
     ls.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_redis_url(private_redis) -> str:
     """Database 1 of the session's private redis-server (the fast tests use database 0)."""
     return private_redis + "/1"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def redis_conn(e2e_redis_url):
     return redis.Redis.from_url(e2e_redis_url)
 
@@ -55,7 +58,7 @@ class Backend:
         return p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def backend(label_studio, redis_conn, e2e_redis_url, tmp_path_factory) -> Backend:
     logs = tmp_path_factory.mktemp("backend")
     port = free_port()
