@@ -46,6 +46,8 @@ def encode_classes_batch(labels: np.ndarray, class_ids: list) -> list[dict[int, 
     if labels.ndim != 3:
         raise ValueError(f"a batch of brush masks is 3-D [B, H, W], got shape {labels.shape}")
     b_count, n = labels.shape[0], labels.shape[1] * labels.shape[2]
+    if n == 0:
+        raise ValueError(f"a brush mask needs at least one pixel, got shape {list(labels.shape[1:])}")
     if len(class_ids) != b_count:
         raise ValueError(f"{b_count} masks but {len(class_ids)} class-id lists")
     wanted = [np.asarray(ids, dtype=np.int64).reshape(-1) for ids in class_ids]

@@ -52,6 +52,8 @@ def test_every_class_of_a_mask_at_once_matches_the_sdk_class_by_class():
         encode_classes(blobs, [1, 1])
     with pytest.raises(ValueError, match="0..255"):
         encode_classes(big * 100, [3])
+    with pytest.raises(ValueError, match="at least one pixel"):
+        encode_classes(np.zeros((0, 5), np.uint8), [1])
 
 
 def test_decode_reads_literal_blocks_as_the_web_editor_writes_them():
