@@ -213,8 +213,8 @@ class Pusher:
         Pipelined, so that Label Studio (its own process) is kept busy from the start: ``encode_threads``
         encode tasks in order, ``encode_block`` at a time, ahead of the requests; the first request leaves as
         soon as a quarter of the chunk (``first_fraction``) is ready, and whenever a request has been answered
-        the next one takes every task encoded meanwhile (at most ``import_batch``; a tail shorter than the first request waits
-        to join it, as each request costs Label Studio a fixed overhead). Memory: at most ``import_batch``
+        the next one takes every task encoded meanwhile (at most ``import_batch``; a tail shorter than the
+        first request waits to join it, as each request costs Label Studio a fixed overhead). Memory: at most ``import_batch``
         tasks encoded ahead, ``import_batch`` waiting and one request in flight. An error in encoding or in
         a request stops the chunk there and is raised here, the chunk left "importing" for the resume to
         reconcile."""

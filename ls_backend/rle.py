@@ -22,8 +22,6 @@ import numpy as np
 WORD_SIZE = 8                     # bits per value (uint8 RGBA)
 RLE_SIZES = (3, 4, 8, 16)         # bits of the run-length field for size index 0..3 (what the SDK writes)
 _MAX_RUN = 1 << RLE_SIZES[-1]     # longest run one record holds
-
-
 _HEADER_CONFIG = (WORD_SIZE - 1) << 16 | sum((size - 1) << (4 * (3 - i)) for i, size in enumerate(RLE_SIZES))
 _HEADER_BITS = 32 + 5 + 4 * len(RLE_SIZES)                 # num · word size − 1 · four field sizes − 1
 
@@ -122,14 +120,6 @@ def encode_classes_batch(labels: np.ndarray, class_ids: list) -> list[dict[int, 
         out.append({c: stream[bounds[gi + j]:bounds[gi + j + 1]] for j, c in enumerate(ids.tolist())})
         gi += ids.size
     return out
-
-
-def encode_mask(mask: np.ndarray) -> list[int]:
-    """Binary mask [H, W] (bool, or uint8 where non-zero is inside) → Label Studio brush RLE (list of ints
-    0..255), the same bytes as ``label_studio_sdk.converter.brush.mask2rle(mask * 255)``."""
-    if mask.ndim != 2:
-        raise ValueError(f"a brush mask is 2-D [H, W], got shape {mask.shape}")
-    return encode_classes((mask != 0).astype(np.uint8), [1])[1]
 
 
 class _Bits:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter.brush import decode_rle, encode_rle, mask2rle
 
-from ls_backend.rle import decode, decode_mask, encode_classes, encode_mask
+from ls_backend.rle import decode, decode_mask, encode_classes
 
 
 def _masks():
@@ -30,7 +30,7 @@ def _masks():
 
 @pytest.mark.parametrize("name,mask", list(_masks()), ids=[n for n, _ in _masks()])
 def test_encode_is_byte_identical_to_the_sdk_and_round_trips(name, mask):
-    ours = encode_mask(mask)
+    ours = encode_classes(mask, [1])[1]
     assert ours == [int(v) for v in mask2rle(mask * 255)]
     assert np.array_equal(decode_mask(ours, *mask.shape), mask.astype(bool))
     assert np.array_equal(decode(ours), np.asarray(decode_rle(ours), np.uint8))
@@ -70,7 +70,7 @@ def test_decode_reads_literal_blocks_as_the_web_editor_writes_them():
 
 
 def test_bad_streams_say_what_is_wrong():
-    rle = encode_mask(np.ones((8, 8), np.uint8))
+    rle = encode_classes(np.ones((8, 8), np.uint8), [1])[1]
     with pytest.raises(ValueError, match="ends in the middle"):
         decode(rle[:6])
     with pytest.raises(ValueError, match="0..255"):
@@ -78,4 +78,4 @@ def test_bad_streams_say_what_is_wrong():
     with pytest.raises(ValueError, match="original_height/original_width"):
         decode_mask(rle, 8, 9)
     with pytest.raises(ValueError, match="2-D"):
-        encode_mask(np.ones((2, 2, 2)))
+        encode_classes(np.ones((2, 2, 2)), [1])
