@@ -253,25 +253,30 @@ def bench_synthesis(generator: str | None = None, interpreter: str | None = None
 
 
 def bench_refiner(generator: str | None = None, n: int = 1000, steps: int = 60, device: str | None = None) -> dict:
-    """SimGAN refiner speed at the default configuration: seconds to refine ``n`` generator samples next to
-    the seconds the generator takes to draw them (same process: ``ratio_refine`` = refine / draw), and the
-    seconds per training step, extrapolated to the default step count (``training_seconds_default``)."""
+    """SimGAN refiner speed at the product's configuration (part colours read by a U-Net of the recipe's
+    size, 10 classes): seconds to refine ``n`` generator samples next to the seconds the generator takes to
+    draw them (same process: ``ratio_refine`` = refine / draw), and the seconds per training step,
+    extrapolated to the default step count (``training_seconds_default``)."""
     from .pipeline import Pipeline, SegmenterRecipe
     from .refiner import Refiner, RefinerConfig, RefinerNet, train_refiner
+    from .segmenter import UNet, UNetConfig
 
     dev = resolve_device(device)
     pipe = Pipeline.load(generator, device=dev)
     seeds = list(range(n))
     t_draw = _best_time(lambda: pipe.sample_images(seeds), 2, warmup=1, device=dev)
     samples = pipe.sample_images(seeds)
-    cfg = RefinerConfig()
-    refiner = Refiner(RefinerNet(cfg)).to(dev)     # speed does not depend on the weights
+    recipe = SegmenterRecipe()
+    cfg = RefinerConfig(part_colours=recipe.refiner_part_colours)
+    parts = UNet(UNetConfig(n_classes=10, base=recipe.base)) if cfg.part_colours else None
+    refiner = Refiner(RefinerNet(cfg, parts)).to(dev)     # speed does not depend on the weights
     t_refine = _best_time(lambda: refiner.refine(samples), 2, warmup=1, device=dev)
     shifted_like = np.ascontiguousarray(samples[: min(n, 512), :, :, ::-1])   # any real set: channel-swapped
     t0 = time.perf_counter()
-    train_refiner(samples[:512], shifted_like, RefinerConfig(steps=steps), device=dev)
+    train_refiner(samples[:512], shifted_like, RefinerConfig(steps=steps, part_colours=cfg.part_colours), parts=parts,
+                  device=dev)
     per_step = (time.perf_counter() - t0) / steps
-    default_steps = SegmenterRecipe().refiner_steps
+    default_steps = recipe.refiner_steps
     return {"n": n, "resolution": pipe.resolution, "refine_seconds": round(t_refine, 2),
             "generator_seconds": round(t_draw, 2), "ratio_refine": round(t_refine / t_draw, 3),
             "refine_per_1000_s": round(t_refine * 1000 / n, 2), "train_step_s": round(per_step, 3),

@@ -80,6 +80,7 @@ class SegmenterRecipe:
     refine: str = "auto"
     refiner_steps: int = 1200
     refiner_self_reg: float = 10.0
+    refiner_part_colours: bool = True   # the refiner maps each part's colour, the parts read by the teacher
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -355,8 +356,9 @@ class Pipeline:
         meta["drift"] = drift.to_dict()
         log(f"drift of the project's images: {drift.ratio}x the floor ({'drifted' if drift.drifted else 'no drift'})")
         if refiner is None and (drift.drifted or r.refine == "always"):
-            refiner = train_refiner(pool, unlabeled, RefinerConfig(steps=r.refiner_steps, self_reg=r.refiner_self_reg),
-                                    seed=seed, generator_id=self.generator_id, state_path=refiner_state,
+            cfg = RefinerConfig(steps=r.refiner_steps, self_reg=r.refiner_self_reg, part_colours=r.refiner_part_colours)
+            refiner = train_refiner(pool, unlabeled, cfg, seed=seed, parts=teacher.model if cfg.part_colours else None,
+                                    generator_id=self.generator_id, state_path=refiner_state,
                                     should_stop=should_stop, log=log, device=self.device)
             log(f"refiner trained in {refiner.meta['seconds']:.0f} s on {len(unlabeled)} project images")
         if refiner is not None:

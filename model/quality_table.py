@@ -49,7 +49,7 @@ from .label_branch import LabelBranchConfig
 from .metrics import iou_per_class
 from .pipeline import Pipeline, SegmenterRecipe
 from .refiner import Refiner, RefinerConfig, train_refiner
-from .segmenter import Segmenter, predict, train_segmenter
+from .segmenter import Segmenter, UNet, predict, train_segmenter
 from .synthesis import keep_most_certain
 
 
@@ -102,25 +102,28 @@ def _summ(runs: list[dict], classes: list[str]) -> dict:
 REFINER_POOL_SEED = 70_000_000    # generator samples the table's refiner trains on
 
 
-def table_refiner(pipe: Pipeline, s: QualitySettings, state_path: str | Path | None = None, log=print) -> Refiner:
-    """The one SimGAN refiner of a table run: the generator's samples → the look of unlabeled shifted images
+def table_refiner(pipe: Pipeline, s: QualitySettings, state_path: str | Path | None = None, log=print,
+                  parts: UNet | None = None) -> Refiner:
+    """A SimGAN refiner of a table run: the generator's samples → the look of unlabeled shifted images
     (rendered from seeds disjoint from every test and labeled set); resumable through ``state_path``. The
-    finished refiner is kept beside it as ``refiner.pt`` (reused by a resumed run, or by ``--refiner``)."""
+    finished refiner is kept beside it as ``refiner.pt`` (reused by a resumed run, or by ``--refiner``).
+    ``parts``: the draw's teacher, for a refiner with part colours (the product's recipe)."""
     real, _ = render_batch(s.n_unlabeled_shifted, seed=7000 + s.seed, size=pipe.resolution, variant="shifted")
     pool = pipe.sample_images(list(range(REFINER_POOL_SEED, REFINER_POOL_SEED + s.pool)))
     recipe = SegmenterRecipe()
-    done = Path(state_path).with_name("refiner.pt") if state_path else None
+    done = Path(state_path).with_suffix(".pt") if state_path else None
     if done is not None and done.exists():     # a stopped table run: its refiner finished already
         kept = Refiner.load(done, pipe.generator_id)
-        made = {k: kept.meta.get(k) for k in ("steps", "n_synthetic", "n_real")}
-        want = {"steps": s.refiner_steps, "n_synthetic": s.pool, "n_real": s.n_unlabeled_shifted}
+        made = {k: kept.meta.get(k, False) for k in ("steps", "n_synthetic", "n_real", "part_colours")}
+        want = {"steps": s.refiner_steps, "n_synthetic": s.pool, "n_real": s.n_unlabeled_shifted,
+                "part_colours": parts is not None}
         if made == want:
             log(f"using the refiner this table trained before: {done}")
             return kept.to(pipe.device)
         log(f"{done} was trained with other settings ({made}, this run: {want}); training it again")
-    refiner = train_refiner(pool, real, RefinerConfig(steps=s.refiner_steps, self_reg=recipe.refiner_self_reg),
-                            seed=s.seed, generator_id=pipe.generator_id, state_path=state_path, log=log,
-                            device=pipe.device)
+    cfg = RefinerConfig(steps=s.refiner_steps, self_reg=recipe.refiner_self_reg, part_colours=parts is not None)
+    refiner = train_refiner(pool, real, cfg, seed=s.seed, parts=parts, generator_id=pipe.generator_id,
+                            state_path=state_path, log=log, device=pipe.device)
     if done is not None:
         refiner.save(done)
     return refiner
@@ -144,22 +147,28 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
     test_ws = pipe.invert(test_img, s.inversion_steps)[0]
     sh_ws = pipe.invert(sh_img, s.inversion_steps)[0]
     sh_ws_ood, unlabeled_sh = None, None
+    # The product's refiner maps part colours with the project's teacher reading the parts, so each draw
+    # trains its own (after its teacher); a refiner without part colours is trained once for all draws.
+    per_draw = s.domain_shift and refiner is None and s.recipe().refiner_part_colours
     if not s.domain_shift:
         refiner = None
     else:
-        if refiner is None:
+        if refiner is None and not per_draw:
             log("training the refiner on unlabeled shifted images ...")
             refiner = table_refiner(pipe, s, refiner_state, log)
-        log(f"refiner: {refiner.meta}")
-        sh_ws_ood = pipe.invert(sh_img, s.inversion_steps, refiner=refiner)[0]
+        if refiner is not None:
+            log(f"refiner: {refiner.meta}")
+            sh_ws_ood = pipe.invert(sh_img, s.inversion_steps, refiner=refiner)[0]
         unlabeled_sh = render_batch(min(500, s.n_unlabeled_shifted), seed=7000 + s.seed, size=res, variant="shifted")[0]
     scores: dict[str, list[dict]] = {}
     diagnostics: dict[str, list[dict]] = {}
     baseline: dict[str, float] = {}
 
+    refiners: list[dict] = []      # the meta of each draw's refiner (one entry when shared by all draws)
+
     def report(done: bool) -> dict:
         return {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
-                "refiner": None if refiner is None else refiner.meta,
+                "refiner": refiners[0] if len(refiners) == 1 else (refiners or None),
                 "classes": classes, "unet_recipe": _RECIPE_TEXT,
                 "methods": {k: _summ(v, classes) for k, v in scores.items()},
                 "diagnostics": {k: _summ(v, classes) for k, v in diagnostics.items()},
@@ -203,7 +212,15 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
         interp = pipe.fit(lab_ws, lab_lab, classes, members=s.members, seed=draw)
         add("interpreter_inversion", pipe.label(interp, test_ws)[1].labels, test_lab)
         add("interpreter_inversion_shifted", pipe.label(interp, sh_ws)[1].labels, sh_lab)
+        if per_draw:
+            log("training this draw's refiner on unlabeled shifted images (parts read by its teacher) ...")
+            state = None if refiner_state is None else Path(refiner_state).with_name(f"refiner-draw{draw}.state")
+            refiner = table_refiner(pipe, s, state, log, parts=few)
+            log(f"refiner: {refiner.meta}")
+            sh_ws_ood = pipe.invert(sh_img, s.inversion_steps, refiner=refiner)[0]
         if refiner is not None:
+            if per_draw or not refiners:
+                refiners.append({"draw": draw, **refiner.meta} if per_draw else refiner.meta)
             _domain_shift_rows(pipe, s, draw, refiner, few, interp, sh_ws_ood, unlabeled_sh, lab_img, lab_lab,
                                test_img, test_lab, sh_img, sh_lab, add, log)
         if not s.default_rows:

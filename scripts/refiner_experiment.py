@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--refiner", help="a trained refiner (.pt) instead of training the table's")
     ap.add_argument("--save", default="runs/refiner-exp/refiner.pt", help="where the trained refiner goes")
     ap.add_argument("--real-fraction", type=float, help="the student's share of real images per batch")
+    ap.add_argument("--part-colours", action="store_true",
+                    help="a refiner with part colour maps, trained per draw with the draw's teacher reading the parts")
     ap.add_argument("--out", default="runs/refiner-exp/results.jsonl")
     a = ap.parse_args()
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
@@ -63,11 +65,14 @@ def main() -> None:
     t = time.time()
     if a.refiner:
         refiner = Refiner.load(a.refiner, pipe.generator_id)
+    elif a.part_colours:
+        refiner = None           # trained per draw below
     else:
         Path(a.save).parent.mkdir(parents=True, exist_ok=True)
         refiner = table_refiner(pipe, s, Path(a.save).with_suffix(".state"), log=lambda m: print(m, flush=True))
         refiner.save(a.save)
-    emit({"what": "refiner", "seconds": round(time.time() - t, 1), **refiner.meta})
+    if refiner is not None:
+        emit({"what": "refiner", "seconds": round(time.time() - t, 1), **refiner.meta})
 
     pool = pipe.sample_images(list(range(REFINER_POOL_SEED, REFINER_POOL_SEED + 256)))
     test_img, test_lab = render_batch(s.n_test, seed=1000 + s.seed, size=res)
@@ -79,7 +84,13 @@ def main() -> None:
         lab_img, lab_lab = render_batch(s.n_labeled, seed=2000 + s.seed, size=res, start=draw * s.n_labeled)
         few = train_segmenter(lab_img, lab_lab, len(classes), steps=s.unet_steps, seed=draw).model
         teacher = Segmenter(few, classes, pipe.generator_id)
-        if draw == a.draws[0]:
+        if a.part_colours:
+            t = time.time()
+            save = Path(a.save).with_name(f"refiner-parts-{draw}.pt")
+            refiner = table_refiner(pipe, s, save.with_suffix(".state"), log=lambda m: print(m, flush=True), parts=few)
+            refiner.save(save)
+            emit({"what": "refiner", "draw": draw, "seconds": round(time.time() - t, 1), **refiner.meta})
+        if draw == a.draws[0] or a.part_colours:
             pool_lab = teacher.label(pool).labels
             emit({"what": "part_colours", "pool": part_colours(pool, pool_lab),
                   "refined": part_colours(refiner.refine(pool), pool_lab), "project": part_colours(unlabeled[:256], unlabeled_lab[:256])})

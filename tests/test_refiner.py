@@ -122,3 +122,39 @@ def test_refiner_bench_reports_speed_against_the_generator(tmp_path):
     assert r["ratio_refine"] > 0 and r["train_step_s"] > 0
     assert r["default_steps"] == SegmenterRecipe().refiner_steps
     assert abs(r["training_seconds_default"] - r["train_step_s"] * r["default_steps"]) <= 0.5 * r["default_steps"] * 1e-3 + 0.1
+
+
+def _square_labels(images: np.ndarray) -> np.ndarray:
+    """Label maps uint8 [N, 16, 16] of :func:`shapes` images: 1 inside the square, 0 on the grey."""
+    return (np.abs(images.astype(int) - 110).sum(-1) > 0).astype(np.uint8)
+
+
+def test_part_colours_invert_a_part_the_plain_refiner_cannot():
+    # bright squares → dark ones: the square's edge would vanish half way (luminance 110, the grey's), which
+    # the self-regularization forbids; a per-part colour map moves no edge and gets there
+    syn, real = shapes(64, 0, (220, 220, 220)), shapes(64, 1, (30, 30, 30))
+    from model.segmenter import train_segmenter
+    parts = train_segmenter(syn, _square_labels(syn), 2, steps=100, lr=1e-2, seed=0,
+                            init=UNet(UNetConfig(n_classes=2, base=4, depth=2))).model
+    square = _square_labels(syn) == 1
+    cfg = dict(steps=150, lr=3e-3, self_reg=10.0, **TINY)
+    plain = train_refiner(syn, real, RefinerConfig(**cfg), seed=0).refine(syn)
+    coloured = train_refiner(syn, real, RefinerConfig(part_colours=True, **cfg), seed=0, parts=parts)
+    out = coloured.refine(syn)
+    lum = lambda imgs, where: imgs.astype(float).mean(-1)[where].mean()
+    # the coloured refiner's squares end darker than its grey (the real images' contrast); the plain one's
+    # stay brighter than its grey
+    assert lum(out, square) + 10 < lum(out, ~square), (lum(out, square), lum(out, ~square))
+    assert lum(plain, square) > lum(plain, ~square) + 10, (lum(plain, square), lum(plain, ~square))
+    assert coloured.meta["part_colours"] is True
+
+
+def test_part_colour_refiner_saves_its_part_segmenter(tmp_path):
+    syn = shapes(8, 0, (220, 220, 220))
+    parts = UNet(UNetConfig(n_classes=2, base=4))
+    ref = train_refiner(syn, shapes(8, 1, (30, 30, 30)), RefinerConfig(part_colours=True, steps=5, **TINY),
+                        parts=parts)
+    back = Refiner.load(ref.save(tmp_path / "r.pt"))
+    assert back.net.parts is not None and np.array_equal(back.refine(syn), ref.refine(syn))
+    with pytest.raises(ValueError, match="part colours needs the segmenter"):
+        RefinerNet(RefinerConfig(part_colours=True))
