@@ -1,6 +1,6 @@
 """``dgan refine``: train SimGAN's refiner on a folder of unlabeled real images, apply it, show it.
 
-    dgan refine train --real FOLDER --out refiner.pt [--steps 1200] [--generator G.pt]
+    dgan refine train --real FOLDER --out refiner.pt [--steps 1200] [--generator G.pt] [--parts SEG.pt]
     dgan refine apply --refiner refiner.pt --images FOLDER --out FOLDER
     dgan refine grid  --refiner refiner.pt --real FOLDER --out grid.png
 
@@ -31,11 +31,14 @@ def _real_images(folder: str, size: int, limit: int) -> np.ndarray:
 
 
 def train_from_images(real: np.ndarray, out: str | Path, generator: str | None = None, steps: int = 1200,
-                      pool: int = 2000, self_reg: float = 10.0, seed: int = 0, device: str | None = None) -> dict:
+                      pool: int = 2000, self_reg: float = 10.0, seed: int = 0, device: str | None = None,
+                      parts: str | Path | None = None) -> dict:
     """Train a refiner for ``generator``'s samples towards ``real`` (uint8 [N, R, R, 3]); write it to
-    ``out`` (resumable through ``<out>.state``) and return its summary."""
+    ``out`` (resumable through ``<out>.state``) and return its summary. ``parts``: a segmenter checkpoint
+    (a version's ``.segmenter.pt``) that reads the samples' parts, for per-part colour maps."""
     from model.pipeline import Pipeline
     from model.refiner import RefinerConfig, train_refiner
+    from model.segmenter import Segmenter
 
     pipe = Pipeline.load(generator, device=device)
     if real.shape[1:3] != (pipe.resolution, pipe.resolution):
@@ -43,8 +46,9 @@ def train_from_images(real: np.ndarray, out: str | Path, generator: str | None =
                          f"{pipe.resolution} px: read them at that size")
     samples = pipe.sample_images(list(range(POOL_SEED + seed * pool, POOL_SEED + (seed + 1) * pool)))
     out = Path(out)
-    ref = train_refiner(samples, real, RefinerConfig(steps=steps, self_reg=self_reg), seed=seed,
-                        generator_id=pipe.generator_id, state_path=out.with_name(out.name + ".state"),
+    part_model = None if parts is None else Segmenter.load(parts, pipe.generator_id).model
+    cfg = RefinerConfig(steps=steps, self_reg=self_reg, part_colours=part_model is not None)
+    ref = train_refiner(samples, real, cfg, seed=seed, parts=part_model, generator_id=pipe.generator_id, state_path=out.with_name(out.name + ".state"),
                         log=lambda m: print(m, flush=True))
     ref.save(out)
     return {"out": str(out), "generator_id": pipe.generator_id, **ref.meta}
@@ -65,7 +69,8 @@ def _cmd_train(a: argparse.Namespace, project_images: ProjectImages | None = Non
                              "a refiner needs at least 8")
     else:
         real = _real_images(a.real, res, a.limit)
-    print(json.dumps(train_from_images(real, a.out, a.generator, a.steps, a.pool, a.self_reg, a.seed, a.device)))
+    print(json.dumps(train_from_images(real, a.out, a.generator, a.steps, a.pool, a.self_reg, a.seed, a.device,
+                                       a.parts)))
     return 0
 
 
@@ -119,6 +124,9 @@ def add_refine_commands(sub: argparse._SubParsersAction, add_device_option,
     t.add_argument("--self-reg", type=float, default=10.0, help="weight of the structure-keeping term")
     t.add_argument("--limit", type=int, default=5000, help="use at most this many real images")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--parts", default=None,
+                   help="a segmenter checkpoint of this generator (e.g. a version's .segmenter.pt): each part "
+                        "it reads gets its own colour map (the backend's own refiners use the project's teacher)")
     add_device_option(t)
     t.set_defaults(func=partial(_cmd_train, project_images=project_images))
     ap = rs.add_parser("apply", help="refine a folder of generator images (labels stay valid)")

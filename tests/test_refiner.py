@@ -158,3 +158,18 @@ def test_part_colour_refiner_saves_its_part_segmenter(tmp_path):
     assert back.net.parts is not None and np.array_equal(back.refine(syn), ref.refine(syn))
     with pytest.raises(ValueError, match="part colours needs the segmenter"):
         RefinerNet(RefinerConfig(part_colours=True))
+
+
+def test_refine_train_with_a_segmenter_checkpoint_maps_part_colours(tmp_path):
+    from model.pipeline import Pipeline
+    from model.refine_cli import train_from_images
+    from model.segmenter import Segmenter
+
+    pipe = Pipeline.load()
+    seg = Segmenter(UNet(UNetConfig(n_classes=3, base=4)), ["background", "face", "hair"], pipe.generator_id)
+    seg.save(tmp_path / "seg.pt")
+    real = pipe.sample_images(list(range(8)))[..., ::-1].copy()
+    summary = train_from_images(real, tmp_path / "r.pt", steps=2, pool=8, parts=tmp_path / "seg.pt")
+    back = Refiner.load(tmp_path / "r.pt", pipe.generator_id)
+    assert summary["part_colours"] is True and back.net.colour_w.shape == (3, 3, 3)
+    assert back.refine(real[:2]).shape == (2, pipe.resolution, pipe.resolution, 3)
