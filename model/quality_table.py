@@ -21,7 +21,8 @@ Rows:
 - ``*_shifted``              the same models on the shifted domain variant.
 
 Domain drift (``domain_shift``; models trained with zero shifted labels, ``n_unlabeled_shifted`` unlabeled
-shifted images available, one SimGAN refiner trained on them per table):
+shifted images available, one SimGAN refiner trained on them per draw, its part colours read by the
+draw's teacher; one per table for a recipe without part colours or a refiner given with ``--refiner``):
 - ``served_pre_annotator_refined[_shifted]`` what ``/predict`` serves for a drifted project: the student
                              also learns from the refined copy of its pool (:mod:`model.refiner`);
                              unshifted: the check that the default domain loses nothing;
