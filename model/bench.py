@@ -277,8 +277,8 @@ def bench_refiner(generator: str | None = None, n: int = 1000, steps: int = 60, 
                   device=dev)
     per_step = (time.perf_counter() - t0) / steps
     default_steps = recipe.refiner_steps
-    return {"n": n, "resolution": pipe.resolution, "refine_seconds": round(t_refine, 2),
-            "generator_seconds": round(t_draw, 2), "ratio_refine": round(t_refine / t_draw, 3),
+    return {"n": n, "resolution": pipe.resolution, "refine_seconds": round(t_refine, 4),
+            "generator_seconds": round(t_draw, 4), "ratio_refine": round(t_refine / t_draw, 3),
             "refine_per_1000_s": round(t_refine * 1000 / n, 2), "train_step_s": round(per_step, 3),
             "default_steps": default_steps, "training_seconds_default": round(per_step * default_steps, 1),
             "config": cfg.to_dict(), "machine": machine(dev)}

@@ -48,7 +48,8 @@ def train_from_images(real: np.ndarray, out: str | Path, generator: str | None =
     out = Path(out)
     part_model = None if parts is None else Segmenter.load(parts, pipe.generator_id).model
     cfg = RefinerConfig(steps=steps, self_reg=self_reg, part_colours=part_model is not None)
-    ref = train_refiner(samples, real, cfg, seed=seed, parts=part_model, generator_id=pipe.generator_id, state_path=out.with_name(out.name + ".state"),
+    ref = train_refiner(samples, real, cfg, seed=seed, parts=part_model, generator_id=pipe.generator_id,
+                        state_path=out.with_name(out.name + ".state"),
                         log=lambda m: print(m, flush=True))
     ref.save(out)
     return {"out": str(out), "generator_id": pipe.generator_id, **ref.meta}

@@ -259,7 +259,8 @@ def _random_batch(images: torch.Tensor, n: int, g: torch.Generator) -> torch.Ten
 
 
 def train_refiner(synthetic: np.ndarray, real: np.ndarray, cfg: RefinerConfig | None = None, seed: int = 0,
-                  parts: UNet | None = None, generator_id: str | None = None, state_path: str | Path | None = None, save_every: int = 100,
+                  parts: UNet | None = None, generator_id: str | None = None,
+                  state_path: str | Path | None = None, save_every: int = 100,
                   should_stop: Callable[[], bool] | None = None,
                   log: Callable[[str], None] = lambda _m: None, device: str | torch.device = "cpu") -> Refiner:
     """Train a refiner that maps ``synthetic`` images towards the look of ``real`` ones.
@@ -268,8 +269,8 @@ def train_refiner(synthetic: np.ndarray, real: np.ndarray, cfg: RefinerConfig | 
     real: uint8 [M, H', W', 3] unlabeled images of the target domain (H', W' may differ from H, W: the
     discriminator judges patches, so only the pixel scale matters; pass images at the generator's
     resolution). ``parts``: with ``cfg.part_colours``, the segmenter that reads the parts of the images
-    (a copy is frozen into the refiner). ``state_path``: where the full training state is written every ``save_every`` steps and
-    resumed from when it exists with the same configuration (a stopped run continues where it was).
+    (a copy is frozen into the refiner). ``state_path``: where the full training state is written every
+    ``save_every`` steps and resumed from when it exists with the same configuration (a stopped run continues where it was).
     ``should_stop`` is asked every 25 steps; True raises :class:`~model.segmenter.TrainingStopped`
     after saving the state. ``device``: where it trains (the state and the result are saved from the CPU)."""
     cfg = cfg or RefinerConfig()
@@ -357,6 +358,6 @@ def train_refiner(synthetic: np.ndarray, real: np.ndarray, cfg: RefinerConfig | 
     seconds += time.time() - t0
     if state_path is not None and state_path.exists():
         state_path.unlink()
-    meta = {"steps": cfg.steps, "part_colours": cfg.part_colours, "seconds": round(seconds, 1), "n_synthetic": int(len(synthetic)),
-            "n_real": int(len(real)), "final_losses": {k: round(v, 4) for k, v in losses.items()}}
+    meta = {"steps": cfg.steps, "part_colours": cfg.part_colours, "seconds": round(seconds, 1),
+            "n_synthetic": int(len(synthetic)), "n_real": int(len(real)), "final_losses": {k: round(v, 4) for k, v in losses.items()}}
     return Refiner(R.eval(), generator_id, meta)
