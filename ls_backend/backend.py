@@ -69,6 +69,7 @@ class Backend:
         self._segmenters: dict[int, tuple[int, object]] = {}
         self._refiners: dict[str, object] = {}
         self._labeled: dict[tuple, np.ndarray | None] = {}   # labeled_embeddings per (project, version, kind)
+        self._coverage: dict[tuple, object] = {}   # the labeling order's Coverage per (project, segmenter version)
         self._new_task_s: float | None = None   # measured seconds per task that needed an inversion
         self._new_task_at = 0.0                   # ... when (time.time())
         self._cheap_task_s = 0.0                  # ... per task that did not (latent known, or a segmenter)
@@ -228,15 +229,18 @@ class Backend:
         segmenter whose labels match the config, else by the newest interpreter through inversion, else
         (``foreground``: the config's foreground label) by the zero-label foreground. ``score`` ranks the
         value of labeling the task (model.labeling_order): ascending = label first."""
-        from model.labeling_order import labeling_score, novelty
+        from model.labeling_order import DEFAULT_COVERAGE_WEIGHT, labeling_score, novelty
 
         scored = self.score_items(project, items, label_map)
         if scored is None:
             if foreground is not None and self.fgbg is not None:
                 return self.foreground_entries(items, label_map, foreground)
             return [untrained_entry() for _ in items]
-        name, pred, cert, emb, labeled = scored
-        scores = labeling_score(cert, novelty(emb, labeled) if labeled is not None else None)
+        name, pred, cert, emb, labeled, cover = scored
+        if cover is not None:          # the project's pool is known: coverage gain (model.labeling_order)
+            scores = labeling_score(cert, cover.gain(emb), DEFAULT_COVERAGE_WEIGHT)
+        else:
+            scores = labeling_score(cert, novelty(emb, labeled) if labeled is not None else None)
         entries = []
         for it, labels, score in zip(items, pred.labels, scores):
             labels = self.pipeline.masks_to_size(labels, *it.image.shape[:2])
@@ -260,7 +264,9 @@ class Backend:
     def score_items(self, project: int, items: list[TaskImage], label_map: LabelMap):
         """What the labeling order is computed from (model.labeling_order), or None before the first fit:
         (model_version, Prediction, certainty float64 [N] in [0, 1], the items' embeddings [N, D] and the
-        labeled images' [M, D] in the serving model's space — both None when novelty is not measured)."""
+        labeled images' [M, D] in the serving model's space — both None when novelty is not measured —,
+        and the :class:`~model.labeling_order.Coverage` of the project's pool kept with the segmenter, or
+        None: no pool kept, or the interpreter serves)."""
         from model.labeling_order import image_embeddings, latent_embeddings
 
         pipe = self.pipeline
@@ -271,6 +277,7 @@ class Backend:
             name = segmenter_version_name(seg_version)
             labeled = self.labeled_embeddings(project, seg_version, seg)
             emb = image_embeddings(seg.model, images) if labeled is not None else None
+            cover = self.coverage(project, seg_version, labeled) if labeled is not None else None
         else:
             version, interp = self.interpreter(project)
             if interp is None:
@@ -283,9 +290,30 @@ class Backend:
             name = model_version_name(version)
             labeled = self.labeled_embeddings(project, version)
             emb = latent_embeddings(ws) if labeled is not None else None
+            cover = None
         n_cls = len(label_map.class_names)
         cert = np.array([pipe.certainty(float(s), n_cls) for s in pred.score], np.float64)
-        return name, pred, cert, emb, labeled
+        return name, pred, cert, emb, labeled, cover
+
+    def coverage(self, project: int, version: int, labeled: np.ndarray):
+        """The labeling order's :class:`~model.labeling_order.Coverage` of version N's pool (the task images
+        its segmenter job embedded) against its labeled images [M, D]; None when the job kept no pool (Label
+        Studio unreadable then, a project of one task, or a version trained before pools were kept)."""
+        from model.labeling_order import Coverage
+
+        key = (project, version)
+        if key not in self._coverage:
+            path = self.store.pool_embeddings_path(project, version)
+            cover = None
+            if path.exists():
+                try:
+                    pool = np.load(path, allow_pickle=False)
+                    cover = Coverage(pool, labeled) if pool.ndim == 2 and len(pool) >= 2 else None
+                except (OSError, ValueError) as e:
+                    log.warning("project %s: pool embeddings %s unreadable, novelty used instead (%s)",
+                                project, path, e)
+            self._coverage[key] = cover
+        return self._coverage[key]
 
     def labeled_embeddings(self, project: int, version: int, seg=None) -> np.ndarray | None:
         """Version N's labeled images [M, D] in the serving model's space: the segmenter's features
@@ -489,7 +517,8 @@ class Backend:
             class_names = interp.class_names
         recipe = SegmenterRecipe.quick() if self.settings.segmenter_recipe == "quick" else SegmenterRecipe()
         recipe = replace(recipe, refine=self.settings.refine)
-        unlabeled = self.project_images(project, self.settings.drift_images) if recipe.refine != "never" else None
+        task_images = self.project_images(project, self.settings.drift_images)
+        unlabeled = task_images if recipe.refine != "never" else None
         try:
             seg = self.pipeline.train_segmenter(images, masks, class_names, recipe, seed=version,
                                                 log=lambda m: log.info("project %s %s: %s", project, name, m),
@@ -500,6 +529,10 @@ class Backend:
         seg.meta.update({"model_version": name, "trained_after": model_version_name(version)})
         if seg.refiner is not None:
             seg.refiner.save(self.store.refiner_path(project, version))
+        if task_images is not None and len(task_images) >= 2:   # the labeling order's pool (coverage)
+            from model.labeling_order import image_embeddings
+
+            self.store.save_pool_embeddings(project, version, image_embeddings(seg.model, task_images))
         seg.save(path)
         summary = {"model_version": name, "seconds": seg.meta["seconds"], "n_real": seg.meta["n_real"]}
         for key in ("drift", "refiner"):
@@ -513,7 +546,7 @@ class Backend:
     def project_images(self, project: int, limit: int) -> np.ndarray | None:
         """Up to ``limit`` of the project's own task images (pushed synthetic tasks left out) at the
         generator's resolution, uint8 [N, R, R, 3]; None when there are none or Label Studio cannot be
-        read (drift is then not measured; the segmenter trains as usual)."""
+        read (drift and the labeling order's coverage are then not measured; the segmenter trains as usual)."""
         if limit <= 0:
             return None
         out: list[np.ndarray] = []
@@ -526,7 +559,7 @@ class Backend:
                 try:
                     out.append(self.pipeline.to_resolution(self.load_task_image(task, label_map).image))
                 except ValueError as e:
-                    log.info("project %s task %s left out of the drift measurement: %s", project, task.get("id"), e)
+                    log.info("project %s task %s left out of the pool read for drift and coverage: %s", project, task.get("id"), e)
                 if len(out) >= limit:
                     break
         except LabelStudioError as e:

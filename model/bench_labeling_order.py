@@ -22,20 +22,28 @@ the measured counts (the first crossing; None when a curve never reaches it). Th
 ``labels_to_target_ranked`` / ``labels_to_target_random`` are read off the draw-mean curves against the
 draw-mean target (random can cross it before 16 when its curve is not monotone); the per-draw figures
 are beside them; ``saving`` = 1 − ``labels_to_target_ranked`` / 16.
+
+With ``cache`` (``--cache DIR``) every fit is kept, keyed by everything it depends on (the settings, the
+draw, the labeled pool indices in order, torch's version and thread count), and a later run reuses it:
+an interrupted run resumes where it stopped, and a changed pick rule refits only the ranked curve (the
+fits are seeded, so a cached fit is the fit that run would make; the report says how many were reused).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .domain import CLASSES, render_batch
-from .labeling_order import DEFAULT_NOVELTY_WEIGHT, image_embeddings, select_next
+from .labeling_order import DEFAULT_COVERAGE_WEIGHT, image_embeddings, select_next
 from .metrics import iou_per_class
 from .pipeline import SegmenterRecipe, certainty
 from .segmenter import Segmenter, predict, train_segmenter
@@ -56,7 +64,7 @@ class OrderSettings:
     batch: int = SegmenterRecipe.batch
     base: int = SegmenterRecipe.base
     lr: float = SegmenterRecipe.lr
-    weight: float = DEFAULT_NOVELTY_WEIGHT
+    weight: float | None = None    # the second term's weight; None: select_next's default
     size: int = 64
     seed: int = 0
 
@@ -90,20 +98,84 @@ def _miou(model, test_img: np.ndarray, test_lab: np.ndarray) -> float:
     return round(100 * float(np.nanmean(iou_per_class(predict(model, test_img), test_lab, len(CLASSES)))), 2)
 
 
+class FitCache:
+    """The simulation's fits and their test mIoU, kept in ``root`` (None: nothing kept) and keyed by what
+    a fit depends on; :meth:`fit` returns (model, mIoU) and counts what it reused."""
+
+    def __init__(self, root: str | Path | None, s: OrderSettings) -> None:
+        import torch
+
+        self.root = Path(root) if root else None
+        self.base_key = {k: v for k, v in asdict(s).items() if k not in ("draws", "weight")}
+        self.base_key.update(torch=torch.__version__, threads=torch.get_num_threads(),
+                             device=os.environ.get("DGAN_DEVICE", "cpu"))
+        self.reused = self.trained = 0
+        if self.root is not None:
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    def _key(self, draw: int, labeled: list[int]) -> str:
+        raw = json.dumps({**self.base_key, "draw": draw, "labeled": labeled}, sort_keys=True)
+        return hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+    def fit(self, draw: int, labeled: list[int], pool_img: np.ndarray, pool_lab: np.ndarray,
+            test_img: np.ndarray, test_lab: np.ndarray, s: OrderSettings):
+        key = self._key(draw, labeled)
+        if self.root is not None:
+            ckpt, rec = self.root / f"fit-{key}.pt", self.root / f"fit-{key}.json"
+            if ckpt.exists() and rec.exists():
+                try:
+                    model = Segmenter.load(ckpt).model
+                    miou = float(json.loads(rec.read_text())["miou"])
+                    self.reused += 1
+                    return model, miou
+                except (OSError, ValueError, KeyError) as e:   # a torn or foreign file: fit again
+                    print(f"cache entry {ckpt.name} unreadable ({e}); fitting again", file=sys.stderr)
+        model = _fit(pool_img[labeled], pool_lab[labeled], s, seed=draw)
+        miou = _miou(model, test_img, test_lab)
+        self.trained += 1
+        if self.root is not None:
+            Segmenter(model, list(CLASSES)).save(ckpt)
+            tmp = rec.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"miou": miou, "draw": draw, "labeled": labeled}))
+            tmp.replace(rec)   # the record last and atomically: a fit counts as cached only once both are whole
+        return model, miou
+
+
 def _ranked_picks(model, pool_img: np.ndarray, labeled: list[int], remaining: np.ndarray,
                   s: OrderSettings) -> list[int]:
     """The next ``s.step`` pool indices by the labeling order on ``model`` (as /predict scores them)."""
     seg = Segmenter(model, list(CLASSES))
     pred = seg.label(pool_img[remaining])
     cert = np.array([certainty(float(x), len(CLASSES)) for x in pred.score])
-    picks = select_next(cert, image_embeddings(model, pool_img[remaining]), image_embeddings(model, pool_img[labeled]),
-                        s.step, s.weight)
+    emb = image_embeddings(model, pool_img[remaining])
+    picks = select_next(cert, emb, image_embeddings(model, pool_img[labeled]), s.step, s.weight, pool=emb)
     return [int(remaining[p.index]) for p in picks]
 
 
-def run_labeling_order(s: OrderSettings, log: Callable[[str], None] = print) -> dict:
-    """The simulation (module docstring) → the report dict."""
+def baseline_rows(report: dict, s: OrderSettings) -> list[dict]:
+    """The random-order rows of an earlier report, checked to be reusable for settings ``s``: the same
+    settings (the pick rule's weight aside) and at least ``s.draws`` draws; raises ValueError otherwise."""
+    theirs = {k: v for k, v in (report.get("settings") or {}).items() if k != "weight"}
+    ours = {k: v for k, v in asdict(s).items() if k not in ("weight", "draws")}
+    diff = {k: (theirs.get(k), v) for k, v in ours.items() if theirs.get(k) != v}
+    if diff:
+        raise ValueError(f"the baseline report was run with other settings ({diff}: theirs, ours); "
+                         "run without --baseline to refit the random order")
+    rows = report.get("draws") or []
+    if len(rows) < s.draws:
+        raise ValueError(f"the baseline report has {len(rows)} draws, this run needs {s.draws}")
+    return rows[:s.draws]
+
+
+def run_labeling_order(s: OrderSettings, log: Callable[[str], None] = print, cache: str | Path | None = None,
+                       baseline: dict | None = None) -> dict:
+    """The simulation (module docstring) → the report dict; ``cache``: a folder keeping every fit;
+    ``baseline``: an earlier report whose random curves are reused instead of refitted (they do not
+    depend on the pick rule; each draw's shared first fit is refitted and must reproduce the report's
+    4-label mIoU within 0.01, else ValueError)."""
     t0 = time.time()
+    fits = FitCache(cache, s)
+    reused = baseline_rows(baseline, s) if baseline is not None else None
     counts = s.counts()
     test_img, test_lab = render_batch(s.n_test, seed=TEST_SEED + s.seed, size=s.size)
     pool_img, pool_lab = render_batch(s.pool, seed=POOL_SEED + s.seed, size=s.size)
@@ -111,11 +183,17 @@ def run_labeling_order(s: OrderSettings, log: Callable[[str], None] = print) -> 
     for draw in range(s.draws):
         rng = np.random.default_rng([s.seed, draw])
         start = [int(i) for i in rng.choice(s.pool, s.start, replace=False)]
-        first = _fit(pool_img[start], pool_lab[start], s, seed=draw)
-        m0 = _miou(first, test_img, test_lab)
+        first, m0 = fits.fit(draw, start, pool_img, pool_lab, test_img, test_lab, s)
         log(f"draw {draw + 1}/{s.draws}: {s.start} random labels: mIoU {m0:.2f}")
         row: dict = {"draw": draw, "start": start}
-        for order in ("random", "ranked"):
+        if reused is not None:
+            old = reused[draw]
+            if old["start"] != start or abs(float(old["random"][str(s.start)]) - m0) > 0.01:
+                raise ValueError(f"draw {draw}: the baseline's first fit ({old['start']}: {old['random'][str(s.start)]}) "
+                                 f"is not reproduced here ({start}: {m0:.2f}); run without --baseline")
+            row["random"], row["random_labeled"] = dict(old["random"]), list(old["random_labeled"])
+            log(f"  random: reused from the baseline report ({row['random']})")
+        for order in ("random", "ranked") if reused is None else ("ranked",):
             pick_rng = np.random.default_rng([s.seed, draw, 1])
             labeled, model, curve = list(start), first, [m0]
             while len(labeled) < s.max_labels:
@@ -125,8 +203,8 @@ def run_labeling_order(s: OrderSettings, log: Callable[[str], None] = print) -> 
                 else:
                     add = _ranked_picks(model, pool_img, labeled, remaining, s)
                 labeled += add
-                model = _fit(pool_img[labeled], pool_lab[labeled], s, seed=draw)
-                curve.append(_miou(model, test_img, test_lab))
+                model, miou = fits.fit(draw, labeled, pool_img, pool_lab, test_img, test_lab, s)
+                curve.append(miou)
                 log(f"  {order}: {len(labeled)} labels: mIoU {curve[-1]:.2f}")
             row[order] = dict(zip(map(str, counts), curve))
             row[f"{order}_labeled"] = labeled
@@ -137,7 +215,12 @@ def run_labeling_order(s: OrderSettings, log: Callable[[str], None] = print) -> 
         log(f"  target {target:.2f}: ranked {row['labels_to_target_ranked']} labels, "
             f"random {row['labels_to_target_random']}")
         draws.append(row)
-    return {**summarize(draws, s), "seconds": round(time.time() - t0, 1)}
+    return {**summarize(draws, s), "seconds": round(time.time() - t0, 1),
+            "fits": {"trained": fits.trained, "reused_from_cache": fits.reused,
+                     "cache": str(cache) if cache else None},
+            "random_order": ("refitted in this run" if baseline is None else
+                             "reused from a baseline report with the same settings (its first fit reproduced per "
+                             "draw): " + str(baseline.get("_source", "given")))}
 
 
 def summarize(draws: list[dict], s: OrderSettings) -> dict:
@@ -164,8 +247,9 @@ def summarize(draws: list[dict], s: OrderSettings) -> dict:
         "settings": asdict(s),
         "model": (f"few-shot teacher U-Net of SegmenterRecipe (model.segmenter.train_segmenter: {s.steps} steps, "
                   f"batch {s.batch}, base {s.base}, lr {s.lr}), refitted after every step; same seed within a draw"),
-        "order": (f"ranked: model.labeling_order.select_next on the current model (certainty of its top-10 % pixel "
-                  f"entropy; novelty in its UNet.embed features; weight {s.weight}), greedy; random: uniform picks"),
+        "order": ("ranked: model.labeling_order.select_next on the current model (certainty of its top-10 % pixel "
+                  "entropy; coverage gain of the remaining pool in its UNet.embed features; weight "
+                  f"{DEFAULT_COVERAGE_WEIGHT if s.weight is None else s.weight}), greedy; random: uniform picks"),
         "labels_to_target_rule": "first crossing, linear interpolation between measured label counts; "
                                  "headline from the draw-mean curves against the draw-mean target; "
                                  f"saving = 1 - labels_to_target_ranked / {s.max_labels}",
@@ -175,7 +259,7 @@ def summarize(draws: list[dict], s: OrderSettings) -> dict:
 
 
 def bench_labeling_order(generator: str | None = None, quick: bool = False, draws: int | None = None,
-                         device: str | None = None) -> dict:
+                         device: str | None = None, cache: str | None = None, baseline: str | None = None) -> dict:
     """``dgan bench labeling-order [--quick] [--draws N]``. ``generator`` is not used (the teacher U-Net
     learns from the labeled images alone); ``device``, when given, becomes ``DGAN_DEVICE`` for the fits."""
     from .bench import machine
@@ -185,5 +269,11 @@ def bench_labeling_order(generator: str | None = None, quick: bool = False, draw
     s = OrderSettings.quick() if quick else OrderSettings()
     if draws:
         s.draws = draws
-    report = run_labeling_order(s, log=lambda m: print(m, file=sys.stderr, flush=True))
+    old = None
+    if baseline:
+        try:
+            old = {**json.loads(Path(baseline).read_text()), "_source": str(baseline)}
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot read the baseline report {baseline}: {e}") from e
+    report = run_labeling_order(s, log=lambda m: print(m, file=sys.stderr, flush=True), cache=cache, baseline=old)
     return {**report, "quick": quick, "machine": machine()}

@@ -216,7 +216,7 @@ def bench_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     if a.what == "generator":
         kwargs["repeats"] = a.repeats
     elif a.what == "labeling-order":
-        kwargs.update(quick=a.quick, draws=a.draws)
+        kwargs.update(quick=a.quick, draws=a.draws, cache=a.cache, baseline=a.baseline)
     elif a.what == "fgbg":
         kwargs.update(quick=a.quick, fgbg=a.fgbg)
     elif a.what == "quality":
@@ -389,6 +389,12 @@ def add_commands(sub: argparse._SubParsersAction, extra_benches: Mapping[str, Ex
                    help="quality: steps of the few-shot U-Net and the teacher (default 800; the student 1.5×)")
     b.add_argument("--draws", type=int, default=None, help="quality, labeling-order: draws of the labeled images "
                                                             "(default 3)")
+    b.add_argument("--cache", default=None,
+                   help="labeling-order: keep every fit in this folder and reuse it on the next run (resumes an "
+                        "interrupted run; a changed pick rule refits only the ranked curve)")
+    b.add_argument("--baseline", default=None,
+                   help="labeling-order: reuse the random order's curves from this earlier report (same settings; "
+                        "each draw's first fit is refitted and must reproduce it) and fit only the ranked order")
     b.add_argument("--rows", choices=("all", "default", "shifted"), default="all",
                    help="quality: every row, only the default-domain ones, or the domain-shift (refiner) rows "
                         "with the baselines they are compared with")

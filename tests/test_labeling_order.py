@@ -16,8 +16,8 @@ from model.generator.checkpoints import save_generator
 from model.images import png_data_uri, to_uint8
 from model.interpreter import InterpreterConfig
 from model.labeling import fit_from_latents
-from model.labeling_order import (MIN_LABELED, image_embeddings, labeled_spacing, labeling_score, labeling_value,
-                                  latent_embeddings, nearest_distance, novelty, select_next, why)
+from model.labeling_order import (MIN_LABELED, POOL_MAX, Coverage, image_embeddings, labeled_spacing, labeling_score,
+                                  labeling_value, latent_embeddings, nearest_distance, novelty, select_next, why)
 from model.segmenter import Segmenter, UNet, UNetConfig
 
 from .conftest import tiny_generator
@@ -79,6 +79,52 @@ def test_select_next_does_not_hand_out_two_near_copies():
     assert [p.index for p in select_next(np.array([0.8, 0.2]), tasks[:2], LABELED[:1], k=2)] == [1, 0]
 
 
+def _two_clusters() -> np.ndarray:
+    """A pool of 40 tasks in a dense cluster at the origin, 10 in a second cluster at (6, 0), 2 outliers."""
+    rng = np.random.default_rng(0)
+    return np.concatenate([rng.normal(0, 0.3, (40, 2)), rng.normal(0, 0.3, (10, 2)) + [6.0, 0.0],
+                           np.array([[30.0, 30.0], [-30.0, 10.0]])])
+
+
+def test_coverage_prefers_dense_uncovered_regions_to_outliers():
+    pool = _two_clusters()
+    cover = Coverage(pool, pool[40:41])               # one image of the small cluster is labeled
+    gain = cover.gain(pool)
+    assert gain.max() == pytest.approx(1.0) and np.argmax(gain) < 40          # the dense, uncovered cluster first
+    assert gain[40] == 0.0                                                       # a labeled image: nothing to add
+    assert gain[50] < 0.05 and gain[51] < 0.05                                   # outliers cover only themselves
+    assert gain[:40].mean() > 5 * gain[41:50].mean()                             # half-covered cluster: far less
+    # absolute for one Coverage: a task's gain alone is its gain among others
+    assert cover.gain(pool[3:4])[0] == gain[3]
+    # labeling the best task covers its neighbours: their gains fall, the other cluster's do not move
+    best = int(np.argmax(gain))
+    cover.add(pool[best:best + 1])
+    after = cover.gain(pool)
+    assert after[best] == 0.0 and after[:40].mean() < 0.5 * gain[:40].mean()
+    assert after[41:50] == pytest.approx(gain[41:50])
+    with pytest.raises(ValueError, match="at least 2"):
+        Coverage(pool[:1], None)
+    with pytest.raises(ValueError, match="dimensions"):
+        cover.gain(np.zeros((1, 3)))
+    big = Coverage(np.random.default_rng(1).normal(size=(POOL_MAX + 50, 2)), None)
+    assert len(big.pool) == POOL_MAX and big.covered.max() == 0.0
+
+
+def test_select_next_with_a_pool_spreads_over_the_dense_regions():
+    pool = _two_clusters()
+    picks = select_next(np.full(len(pool), 0.5), pool, pool[:0], k=3, pool=pool)
+    idx = [p.index for p in picks]
+    assert idx[0] < 40 and 40 <= idx[1] < 50            # one per cluster, the larger first; no outlier
+    assert all(p.novelty is None and 0 <= p.coverage <= 1 for p in picks)
+    assert picks[0].score == pytest.approx(0.0) and picks[0].coverage == pytest.approx(1.0)   # weight 1: 1 − gain
+    assert why(0.5, None, 1.0, coverage=0.8) == "covers unlabeled tasks"
+    assert why(0.1, None, 0.5, coverage=0.2) == "uncertain"
+    # with the uncertainty weighed in, an unsure task of the small cluster can come first
+    cert = np.full(len(pool), 0.99)
+    cert[45] = 0.0
+    assert select_next(cert, pool, None, k=1, weight=0.5, pool=pool)[0].index == 45
+
+
 # -- what /predict serves -------------------------------------------------------------------------------
 @pytest.fixture
 def backend(tmp_path) -> Backend:
@@ -115,14 +161,23 @@ def _items(backend: Backend, images: np.ndarray, seeds: list[int] | None = None)
     return [backend.load_task_image(t, lm) for t in tasks], lm
 
 
+def _segmenter_version(backend: Backend, project: int) -> tuple[Segmenter, int, np.ndarray]:
+    """A version fitted on seeds 0–5 with a seeded tiny segmenter saved beside it: (segmenter, version,
+    its labeled images)."""
+    from model.synthesis import latents_for_seeds
+
+    torch.manual_seed(0)
+    seg = Segmenter(UNet(UNetConfig(n_classes=3, base=4)), parse_label_config(CONFIG).class_names, backend.generator_id)
+    version, labeled = _version(backend, project, latents_for_seeds(backend.generator, list(range(0, 6))))
+    seg.save(backend.store.segmenter_path(project, version))
+    return seg, version, labeled
+
+
 def test_segmenter_scores_follow_the_labeled_set(backend):
     from model.synthesis import latents_for_seeds
 
     G = backend.generator
-    torch.manual_seed(0)
-    seg = Segmenter(UNet(UNetConfig(n_classes=3, base=4)), parse_label_config(CONFIG).class_names, backend.generator_id)
-    v1, labeled1 = _version(backend, 5, latents_for_seeds(G, list(range(0, 6))))
-    seg.save(backend.store.segmenter_path(5, v1))
+    seg, _, labeled1 = _segmenter_version(backend, 5)
     tasks = to_uint8(G.synthesis(latents_for_seeds(G, list(range(100, 106)))))
     items, lm = _items(backend, tasks)
     first = backend.predict_items(5, items, lm)
@@ -146,6 +201,31 @@ def test_segmenter_scores_follow_the_labeled_set(backend):
                                                          abs=1e-4)
     assert all(b["score"] > a["score"] for a, b in zip(first, second))
     assert not list((backend.store.root / "latents").glob("*.pt"))     # nothing inverted for the segmenter
+
+
+def test_segmenter_scores_use_the_pool_its_job_kept(backend, caplog):
+    """With the project's task images embedded beside the segmenter (the segmenter job's pool), the
+    served score is 1 − the coverage gain over that pool; an unreadable pool file falls back to novelty."""
+    from model.synthesis import latents_for_seeds
+
+    G = backend.generator
+    seg, v1, labeled = _segmenter_version(backend, 9)
+    pool_images = to_uint8(G.synthesis(latents_for_seeds(G, list(range(300, 330)))))
+    emb = image_embeddings(seg.model, pool_images)
+    backend.store.save_pool_embeddings(9, v1, emb)
+    items, lm = _items(backend, pool_images[:6])
+    served = [e["score"] for e in backend.predict_items(9, items, lm)]
+    gain = Coverage(emb.astype(np.float32), image_embeddings(seg.model, labeled)).gain(emb[:6])
+    assert served == pytest.approx(np.round(1 - gain, 4).tolist(), abs=1e-4)
+    assert min(served) < 1.0                                   # some task of the pool is worth labeling
+
+    backend.store.pool_embeddings_path(9, v1).write_bytes(b"not a numpy file")
+    backend._coverage.clear()
+    fallback = [e["score"] for e in backend.predict_items(9, items, lm)]
+    cert = np.clip(1 - seg.label(pool_images[:6]).score / np.log(3), 0, 1)
+    nov = novelty(emb[:6], image_embeddings(seg.model, labeled))
+    assert fallback == pytest.approx(np.round(labeling_score(cert, nov), 4).tolist(), abs=1e-4)
+    assert "pool embeddings" in caplog.text and "unreadable" in caplog.text
 
 
 def test_interpreter_scores_measure_novelty_in_w(backend):
@@ -239,14 +319,19 @@ def test_next_tasks_ranks_unlabeled_real_tasks(backend):
     assert report["model_version"] == "dgan-v1-segmenter"
     ids = [r["task"] for r in report["next"]]
     assert len(ids) == 4 and not {10, 11, 12} & set(ids) and not {13, 99} <= set(ids)   # never both copies
-    # The first pick is the candidate the served score ranks first.
-    items, lm = _items(backend, images[3:])
-    served = backend.predict_items(5, items, lm)
-    assert report["next"][0]["score"] == pytest.approx(min(e["score"] for e in served), abs=1e-4)
-    assert all(0 <= r["certainty"] <= 1 and 0 <= r["novelty"] < 1 and r["why"] in ("uncertain", "novel")
-               for r in report["next"])
+    # Every candidate is scored, so they are the pool: the first pick is the one whose coverage gain over
+    # the candidates (against the labeled images, in the segmenter's features) is the largest.
+    loaded = backend.segmenter(5)[1]
+    cands = np.concatenate([images[3:], images[3:4]])
+    gain = Coverage(image_embeddings(loaded.model, cands), image_embeddings(loaded.model, labeled)).gain(
+        image_embeddings(loaded.model, cands))
+    assert report["next"][0]["coverage"] == pytest.approx(gain.max(), abs=1e-4)
+    assert report["next"][0]["score"] == pytest.approx(1 - gain.max(), abs=1e-4)
+    assert all(0 <= r["certainty"] <= 1 and 0 <= r["coverage"] <= 1 and r["novelty"] is None
+               and r["why"] in ("uncertain", "covers unlabeled tasks") for r in report["next"])
     table = format_table(report)
     assert "next 4 of 8 unlabeled tasks by dgan-v1-segmenter" in table and str(ids[0]) in table
+    assert "score = 1 − (1·coverage + 0·(1 − certainty))" in table
     assert len(next_tasks(backend, 5, k=50)["next"]) == 8
 
     backend.client = FakeLabelStudio(tasks, fail=True)
@@ -313,3 +398,32 @@ def test_bench_loop_on_tiny_settings():
     assert {"quick": True, "draws": 2}.items() <= bench_kwargs(args).items()
     quick = OrderSettings.quick()
     assert quick.counts() == OrderSettings().counts() == [4, 8, 12, 16] and quick.draws >= 2
+
+
+def test_bench_cache_resumes_and_a_baseline_report_spares_the_random_order(tmp_path):
+    """--cache keeps every fit keyed by what it depends on (a second run trains nothing and reports the
+    same curves); --baseline reuses an earlier report's random curves, after checking its settings and
+    that its first fit is reproduced here."""
+    from model.bench_labeling_order import OrderSettings, run_labeling_order
+
+    s = OrderSettings(start=2, step=2, max_labels=4, draws=1, pool=12, n_test=4, steps=3, batch=2, base=4, size=32)
+    first = run_labeling_order(s, log=lambda m: None, cache=tmp_path / "fits")
+    assert first["fits"] == {"trained": 3, "reused_from_cache": 0, "cache": str(tmp_path / "fits")}
+    assert first["random_order"] == "refitted in this run"
+    again = run_labeling_order(s, log=lambda m: None, cache=tmp_path / "fits")
+    assert again["fits"]["trained"] == 0 and again["fits"]["reused_from_cache"] == 3
+    assert again["draws"][0]["ranked"] == first["draws"][0]["ranked"]
+    assert again["draws"][0]["random"] == first["draws"][0]["random"]
+    # a torn cache entry is fitted again, not trusted
+    next(iter((tmp_path / "fits").glob("fit-*.pt"))).write_bytes(b"torn")
+    assert run_labeling_order(s, log=lambda m: None, cache=tmp_path / "fits")["fits"]["trained"] == 1
+
+    reused = run_labeling_order(s, log=lambda m: None, baseline={**first, "_source": "first.json"})
+    assert reused["random_miou_mean"] == first["random_miou_mean"]
+    assert reused["draws"][0]["random_labeled"] == first["draws"][0]["random_labeled"]
+    assert reused["fits"]["trained"] == 2 and "first.json" in reused["random_order"]     # the first fit + ranked
+    with pytest.raises(ValueError, match="other settings"):
+        run_labeling_order(OrderSettings(**{**s.__dict__, "steps": 4}), log=lambda m: None, baseline=first)
+    forged = {**first, "draws": [{**first["draws"][0], "random": {**first["draws"][0]["random"], "2": 101.0}}]}
+    with pytest.raises(ValueError, match="not reproduced"):
+        run_labeling_order(s, log=lambda m: None, baseline=forged)
