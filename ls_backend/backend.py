@@ -301,17 +301,23 @@ class Backend:
         Studio unreadable then, a project of one task, or a version trained before pools were kept)."""
         from model.labeling_order import Coverage
 
-        key = (project, version)
+        path = self.store.pool_embeddings_path(project, version)
+        try:
+            key = (project, version, path.stat().st_mtime_ns)   # a pool written again is read again
+        except OSError:
+            return None
         if key not in self._coverage:
-            path = self.store.pool_embeddings_path(project, version)
             cover = None
-            if path.exists():
-                try:
-                    pool = np.load(path, allow_pickle=False)
-                    cover = Coverage(pool, labeled) if pool.ndim == 2 and len(pool) >= 2 else None
-                except (OSError, ValueError) as e:
-                    log.warning("project %s: pool embeddings %s unreadable, novelty used instead (%s)",
-                                project, path, e)
+            try:
+                pool = np.load(path, allow_pickle=False)
+                if not isinstance(pool, np.ndarray) or pool.ndim != 2 or len(pool) < 2:
+                    raise ValueError(f"expected a [P ≥ 2, D] array, got {getattr(pool, 'shape', type(pool).__name__)}")
+                if not np.isfinite(pool).all():
+                    raise ValueError("it holds NaN or infinite values")
+                cover = Coverage(pool, labeled)
+            except Exception as e:   # a torn or hostile file costs the coverage, never the prediction
+                log.warning("project %s: pool embeddings %s unreadable, novelty used instead (%s)", project, path, e)
+            self._coverage = {k: v for k, v in self._coverage.items() if k[:2] != (project, version)}
             self._coverage[key] = cover
         return self._coverage[key]
 
@@ -517,6 +523,8 @@ class Backend:
             class_names = interp.class_names
         recipe = SegmenterRecipe.quick() if self.settings.segmenter_recipe == "quick" else SegmenterRecipe()
         recipe = replace(recipe, refine=self.settings.refine)
+        pool_path = self.store.pool_embeddings_path(project, version)
+        pool_path.unlink(missing_ok=True)   # a pool embedded by an earlier segmenter of this version is stale
         task_images = self.project_images(project, self.settings.drift_images)
         unlabeled = task_images if recipe.refine != "never" else None
         try:
@@ -532,7 +540,11 @@ class Backend:
         if task_images is not None and len(task_images) >= 2:   # the labeling order's pool (coverage)
             from model.labeling_order import image_embeddings
 
-            self.store.save_pool_embeddings(project, version, image_embeddings(seg.model, task_images))
+            try:
+                self.store.save_pool_embeddings(project, version, image_embeddings(seg.model, task_images))
+            except OSError as e:   # optional: without it the score falls back to novelty
+                log.warning("project %s %s: the labeling order's pool not saved (%s); scores use novelty",
+                            project, name, e)
         seg.save(path)
         summary = {"model_version": name, "seconds": seg.meta["seconds"], "n_real": seg.meta["n_real"]}
         for key in ("drift", "refiner"):
@@ -544,27 +556,39 @@ class Backend:
         return summary
 
     def project_images(self, project: int, limit: int) -> np.ndarray | None:
-        """Up to ``limit`` of the project's own task images (pushed synthetic tasks left out) at the
-        generator's resolution, uint8 [N, R, R, 3]; None when there are none or Label Studio cannot be
-        read (drift and the labeling order's coverage are then not measured; the segmenter trains as usual)."""
+        """A seeded random sample (seed: the project id) of up to ``limit`` of the project's own task
+        images (pushed synthetic tasks left out) at the generator's resolution, uint8 [N, R, R, 3]: every
+        task is listed, only the sampled ones are decoded. None when there are none or Label Studio cannot
+        be read (drift and the labeling order's coverage are then not measured; the segmenter trains as
+        usual). Unreadable images are left out and logged."""
         if limit <= 0:
             return None
-        out: list[np.ndarray] = []
+        rng = np.random.default_rng(project)
+        sample: list[dict] = []
         try:
             label_map = parse_label_config(self.client.label_config(project))
-            for task in self.client.iter_tasks(project):
+            seen = 0
+            for task in self.client.iter_tasks(project):   # reservoir sampling: uniform over all tasks
                 data = task.get("data") or {}
                 if any(data.get(k) is not None for k in SEED_KEYS):
                     continue
-                try:
-                    out.append(self.pipeline.to_resolution(self.load_task_image(task, label_map).image))
-                except ValueError as e:
-                    log.info("project %s task %s left out of the pool read for drift and coverage: %s", project, task.get("id"), e)
-                if len(out) >= limit:
-                    break
+                seen += 1
+                if len(sample) < limit:
+                    sample.append(task)
+                else:
+                    j = int(rng.integers(seen))
+                    if j < limit:
+                        sample[j] = task
         except LabelStudioError as e:
-            log.warning("project %s: task images not read, drift not measured (%s)", project, e)
+            log.warning("project %s: task images not read, drift and coverage not measured (%s)", project, e)
             return None
+        out: list[np.ndarray] = []
+        for task in sample:
+            try:
+                out.append(self.pipeline.to_resolution(self.load_task_image(task, label_map).image))
+            except ValueError as e:
+                log.info("project %s task %s left out of the pool read for drift and coverage: %s",
+                         project, task.get("id"), e)
         return np.stack(out) if out else None
 
 

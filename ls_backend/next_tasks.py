@@ -98,8 +98,10 @@ def next_tasks(backend: Backend, project: int, k: int = 16, batch: int = 32,
     cert_all = np.concatenate(certainty) if certainty else np.zeros(0)
     measured = labeled is not None and len(embeddings) == len(certainty) and bool(embeddings)
     emb_all = np.concatenate(embeddings) if measured else None
-    picks = select_next(cert_all, emb_all, labeled if measured else None, k,
-                        pool=emb_all if measured and len(ids) >= 2 else None)
+    # the candidates are the pool once the segmenter serves (its features); through the interpreter, novelty
+    # in W+ as /predict serves it
+    pooled = measured and len(ids) >= 2 and backend.segmenter_serves(project, label_map)
+    picks = select_next(cert_all, emb_all, labeled if measured else None, k, pool=emb_all if pooled else None)
     return {"project": project, "model_version": next(iter(names), backend.model_version(project)),
             "candidates": len(ids), "unreadable": unreadable, "novelty_measured": measured,
             "next": [{"task": ids[p.index], "score": round(p.score, 4), "certainty": round(p.certainty, 4),
@@ -138,8 +140,8 @@ def format_table(report: dict) -> str:
     elif report["novelty_measured"]:
         from model.labeling_order import DEFAULT_NOVELTY_WEIGHT as w
 
-        lines.append(f"score = 1 − ({w:g}·novelty + {1 - w:g}·(1 − certainty)), low first (the third column is the "
-                     "novelty); novelty counts the tasks listed above as labeled, so no two near-copies are proposed")
+        lines.append(f"score = 1 − ({w:g}·novelty + {1 - w:g}·(1 − certainty)), low first (the fifth column shows "
+                     "the novelty); novelty counts the tasks listed above as labeled, so no two near-copies are proposed")
     else:
         lines.append("score = certainty, low first (novelty needs at least 2 labeled images kept with the model)")
     if not report["next"]:

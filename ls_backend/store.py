@@ -121,9 +121,12 @@ class ProjectStore:
         """Write version N's pool embeddings [P, D] atomically (float32, no pickles)."""
         path = self.pool_embeddings_path(project, version)
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(embeddings, np.float32), allow_pickle=False)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                np.save(f, np.asarray(embeddings, np.float32), allow_pickle=False)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     def latest_refiner(self, project: int) -> int:

@@ -98,6 +98,17 @@ def _miou(model, test_img: np.ndarray, test_lab: np.ndarray) -> float:
     return round(100 * float(np.nanmean(iou_per_class(predict(model, test_img), test_lab, len(CLASSES)))), 2)
 
 
+def _code_digest() -> str:
+    """A digest of the source a fit and its score depend on (the U-Net and its training, the renderer,
+    the metric): an edited file makes every cached fit stale."""
+    here = Path(__file__).resolve().parent
+    files = [here / "segmenter.py", here / "metrics.py", *sorted((here / "domain").glob("*.py"))]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 class FitCache:
     """The simulation's fits and their test mIoU, kept in ``root`` (None: nothing kept) and keyed by what
     a fit depends on; :meth:`fit` returns (model, mIoU) and counts what it reused."""
@@ -108,7 +119,7 @@ class FitCache:
         self.root = Path(root) if root else None
         self.base_key = {k: v for k, v in asdict(s).items() if k not in ("draws", "weight")}
         self.base_key.update(torch=torch.__version__, threads=torch.get_num_threads(),
-                             device=os.environ.get("DGAN_DEVICE", "cpu"))
+                             device=os.environ.get("DGAN_DEVICE", "cpu"), code=_code_digest())
         self.reused = self.trained = 0
         if self.root is not None:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -164,6 +175,12 @@ def baseline_rows(report: dict, s: OrderSettings) -> list[dict]:
     rows = report.get("draws") or []
     if len(rows) < s.draws:
         raise ValueError(f"the baseline report has {len(rows)} draws, this run needs {s.draws}")
+    counts = [str(n) for n in s.counts()]
+    for i, row in enumerate(rows[:s.draws]):
+        curve = row.get("random") if isinstance(row, dict) else None
+        if not isinstance(curve, dict) or any(c not in curve for c in counts) or "random_labeled" not in row:
+            raise ValueError(f"the baseline report's draw {i} lacks a random curve at {', '.join(counts)} labels "
+                             "or its labeled images; it is not a dgan bench labeling-order report")
     return rows[:s.draws]
 
 

@@ -50,7 +50,7 @@ COVER_NEIGHBOURS = 10          # the kernel's bandwidth: median distance to this
 POOL_MAX = 2000                # pool tasks kept as the coverage reference (a seeded sample beyond)
 
 
-def nearest_distance(embeddings: np.ndarray, labeled: np.ndarray, chunk: int = 256) -> np.ndarray:
+def nearest_distance(embeddings: np.ndarray, labeled: np.ndarray) -> np.ndarray:
     """Euclidean distance from each row of ``embeddings`` [N, D] to its nearest row of ``labeled``
     [M, D] (M ≥ 1) → float64 [N], ≥ 0; exactly 0 for a row equal to a labeled one."""
     emb, lab = _as_2d(embeddings, "embeddings"), _as_2d(labeled, "labeled")
@@ -58,11 +58,7 @@ def nearest_distance(embeddings: np.ndarray, labeled: np.ndarray, chunk: int = 2
         raise ValueError("nearest_distance needs at least one labeled embedding")
     if emb.shape[1] != lab.shape[1]:
         raise ValueError(f"embeddings have {emb.shape[1]} dimensions, the labeled ones {lab.shape[1]}")
-    out = np.empty(len(emb))
-    for i in range(0, len(emb), chunk):   # exact differences (no |a|²+|b|²−2ab cancellation), bounded memory
-        diff = emb[i:i + chunk, None, :] - lab[None, :, :]
-        out[i:i + chunk] = np.sqrt((diff * diff).sum(-1)).min(1)
-    return out
+    return np.sqrt(_sq_distances(emb, lab).min(1)) if len(emb) else np.zeros(0)
 
 
 def labeled_spacing(labeled: np.ndarray) -> float:
@@ -118,17 +114,27 @@ def why(certainty: float, novelty: float | None, weight: float = DEFAULT_NOVELTY
         coverage: float | None = None) -> str:
     """The larger of the value's two terms, in words: ``"uncertain"``, ``"novel"`` or (a coverage gain
     given, weighed with ``weight`` = :data:`DEFAULT_COVERAGE_WEIGHT` by the caller) ``"covers unlabeled
-    tasks"``; ``"uncertain"`` when neither second term is measured."""
+    tasks"`` (``"already covered"`` when that term, weighed alone, is 0); ``"uncertain"`` when neither
+    second term is measured."""
     term, label = (coverage, "covers unlabeled tasks") if coverage is not None else (novelty, "novel")
-    if term is None or (1.0 - weight) * (1.0 - certainty) >= weight * term:
+    if term is None:
+        return "uncertain"
+    if weight >= 1.0 and term <= 0.0:
+        return "already covered"      # nothing left to gain, and uncertainty does not count
+    if (1.0 - weight) * (1.0 - certainty) >= weight * term:
         return "uncertain"
     return label
 
 
-def _sq_distances(a: np.ndarray, b: np.ndarray, chunk: int = 512) -> np.ndarray:
-    """Squared Euclidean distances float64 [N, M] between rows of ``a`` [N, D] and ``b`` [M, D]
-    (exact differences, chunked over ``a``)."""
+DIFF_BYTES = 64 << 20    # memory for the [chunk, M, D] differences of one step of _sq_distances
+
+
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances float64 [N, M] between rows of ``a`` [N, D] and ``b`` [M, D]: exact
+    differences (no |a|² + |b|² − 2ab cancellation; 0 for equal rows), chunked over ``a`` so the
+    differences of one chunk stay within :data:`DIFF_BYTES` whatever M and D."""
     out = np.empty((len(a), len(b)))
+    chunk = max(1, DIFF_BYTES // max(1, 8 * len(b) * a.shape[1]))
     for i in range(0, len(a), chunk):
         diff = a[i:i + chunk, None, :] - b[None, :, :]
         out[i:i + chunk] = (diff * diff).sum(-1)
@@ -166,21 +172,26 @@ class Coverage:
     def _raw_gain_from_sq(self, d2: np.ndarray) -> np.ndarray:
         return np.maximum(self._kernel(d2) - self.covered[None, :], 0.0).mean(1)
 
+    def kernel(self, embeddings: np.ndarray) -> np.ndarray:
+        """The kernel float64 [N, P] in (0, 1] between ``embeddings`` [N, D] and the pool."""
+        emb = _as_2d(embeddings, "embeddings")
+        if emb.shape[1] != self.pool.shape[1]:
+            raise ValueError(f"embeddings have {emb.shape[1]} dimensions, the pool {self.pool.shape[1]}")
+        return self._kernel(_sq_distances(emb, self.pool))
+
+    def gain_from_kernel(self, kern: np.ndarray) -> np.ndarray:
+        """:meth:`gain` from a :meth:`kernel` already computed (greedy picks reuse it)."""
+        return np.clip(np.maximum(kern - self.covered[None, :], 0.0).mean(1) / self.scale, 0.0, 1.0)
+
     def gain(self, embeddings: np.ndarray) -> np.ndarray:
         """Coverage gain float64 [N] in [0, 1] of labeling each task of ``embeddings`` [N, D]: 0 for a task
         whose neighbourhood in the pool is already covered (or empty), 1 for the best pool task at
         construction."""
-        emb = _as_2d(embeddings, "embeddings")
-        if emb.shape[1] != self.pool.shape[1]:
-            raise ValueError(f"embeddings have {emb.shape[1]} dimensions, the pool {self.pool.shape[1]}")
-        return np.clip(self._raw_gain_from_sq(_sq_distances(emb, self.pool)) / self.scale, 0.0, 1.0)
+        return self.gain_from_kernel(self.kernel(embeddings))
 
     def add(self, embeddings: np.ndarray) -> None:
         """Count the images ``embeddings`` [K, D] as labeled: their neighbourhoods become covered."""
-        emb = _as_2d(embeddings, "embeddings")
-        if emb.shape[1] != self.pool.shape[1]:
-            raise ValueError(f"embeddings have {emb.shape[1]} dimensions, the pool {self.pool.shape[1]}")
-        self.covered = np.maximum(self.covered, self._kernel(_sq_distances(emb, self.pool)).max(0))
+        self.covered = np.maximum(self.covered, self.kernel(embeddings).max(0))
 
 
 @dataclass
@@ -235,15 +246,16 @@ def _select_by_coverage(c: np.ndarray, emb: np.ndarray, labeled: np.ndarray | No
     if len(emb) != len(c):
         raise ValueError(f"{len(c)} certainties for {len(emb)} embeddings")
     cover = Coverage(pool, labeled)
+    kern = cover.kernel(emb)                      # [N, P], computed once; each pick only moves the coverage
     taken = np.zeros(len(c), bool)
     picks: list[Pick] = []
     for _ in range(k):
-        g = cover.gain(emb)
+        g = cover.gain_from_kernel(kern)
         score = np.where(taken, np.inf, labeling_score(c, g, weight))
         i = int(np.argmin(score))
         picks.append(Pick(i, float(score[i]), float(c[i]), None, float(g[i])))
         taken[i] = True
-        cover.add(emb[i:i + 1])
+        cover.covered = np.maximum(cover.covered, kern[i])
     return picks
 
 

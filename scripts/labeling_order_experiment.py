@@ -120,9 +120,9 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["cover", "cover_unc"])
     ap.add_argument("--draws", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--max", type=int, default=12)
-    ap.add_argument("--full", default="docs/measured/labeling_order_full.json")
-    ap.add_argument("--cache", default="/tmp/exp/lo")
-    ap.add_argument("--out", default="/tmp/exp/lo/experiment.jsonl")
+    ap.add_argument("--full", default="docs/measured/labeling_order_novelty.json")
+    ap.add_argument("--cache", default="runs/labeling-order-experiment")
+    ap.add_argument("--out", default="runs/labeling-order-experiment/experiment.jsonl")
     a = ap.parse_args()
     torch.set_num_threads(2)
     s = OrderSettings()
@@ -138,10 +138,10 @@ def main() -> None:
         assert start == row["start"], (start, row["start"])
         path = cache / f"first-{draw}.pt"
         if path.exists():
-            first = torch.load(path, weights_only=False)
+            first = Segmenter.load(path).model
         else:
             first = _fit(pool_img[start], pool_lab[start], s, seed=draw)
-            torch.save(first, path)
+            Segmenter(first, list(CLASSES)).save(path)
         m0 = _miou(first, test_img, test_lab)
         print(f"draw {draw}: first {m0} (full bench {row['random']['4']})", file=sys.stderr, flush=True)
         for variant in a.variants:

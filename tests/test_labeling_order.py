@@ -4,6 +4,8 @@ simulation bench's loop on tiny settings."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -219,13 +221,46 @@ def test_segmenter_scores_use_the_pool_its_job_kept(backend, caplog):
     assert served == pytest.approx(np.round(1 - gain, 4).tolist(), abs=1e-4)
     assert min(served) < 1.0                                   # some task of the pool is worth labeling
 
-    backend.store.pool_embeddings_path(9, v1).write_bytes(b"not a numpy file")
-    backend._coverage.clear()
-    fallback = [e["score"] for e in backend.predict_items(9, items, lm)]
     cert = np.clip(1 - seg.label(pool_images[:6]).score / np.log(3), 0, 1)
     nov = novelty(emb[:6], image_embeddings(seg.model, labeled))
-    assert fallback == pytest.approx(np.round(labeling_score(cert, nov), 4).tolist(), abs=1e-4)
-    assert "pool embeddings" in caplog.text and "unreadable" in caplog.text
+    path = backend.store.pool_embeddings_path(9, v1)
+    bad_pools = {"not a numpy file": lambda: path.write_bytes(b"not a numpy file"),
+                 "empty": lambda: path.write_bytes(b""),
+                 "NaN": lambda: np.save(path, np.full((5, emb.shape[1]), np.nan, np.float32)),
+                 "1-D": lambda: np.save(path, np.zeros(5, np.float32)),
+                 "an npz": lambda: path.write_bytes(_npz_bytes())}
+    for what, write in bad_pools.items():
+        caplog.clear()
+        time.sleep(0.01)          # a new mtime: the pool is read again
+        write()
+        fallback = [e["score"] for e in backend.predict_items(9, items, lm)]
+        assert fallback == pytest.approx(np.round(labeling_score(cert, nov), 4).tolist(), abs=1e-4), what
+        assert "pool embeddings" in caplog.text and "unreadable" in caplog.text, what
+
+
+def _npz_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, pool=np.zeros((4, 2)))
+    return buf.getvalue()
+
+
+def test_the_pool_is_a_sample_of_the_whole_project(backend):
+    """project_images samples uniformly over every task (not the first ones Label Studio lists), leaves
+    pushed synthetic tasks out and says nothing went wrong when Label Studio is unreachable."""
+    images = np.stack([np.full((16, 16, 3), i, np.uint8) for i in range(60)])
+    tasks = [{"id": i, "data": {"image": png_data_uri(img)}} for i, img in enumerate(images)]
+    for t in tasks[:5]:
+        t["data"]["dgan_seed"] = 1                                  # pushed synthetic: never in the pool
+    backend.client = FakeLabelStudio(tasks)
+    got = backend.project_images(4, 10)
+    ids = sorted(int(x) for x in got[:, 0, 0, 0])                   # each image's pixel value is its task id
+    assert len(ids) == 10 and len(set(ids)) == 10 and min(ids) >= 5 and max(ids) >= 20
+    assert sorted(int(x) for x in backend.project_images(4, 10)[:, 0, 0, 0]) == ids      # seeded: the same sample
+    assert len(backend.project_images(4, 500)) == 55
+    backend.client = FakeLabelStudio(tasks, fail=True)
+    assert backend.project_images(4, 10) is None
 
 
 def test_interpreter_scores_measure_novelty_in_w(backend):
