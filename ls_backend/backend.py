@@ -69,7 +69,6 @@ class Backend:
         self._segmenters: dict[int, tuple[int, object]] = {}
         self._refiners: dict[str, object] = {}
         self._labeled: dict[tuple, np.ndarray | None] = {}   # labeled_embeddings per (project, version, kind)
-        self._coverage: dict[tuple, object] = {}   # the labeling order's Coverage per (project, segmenter version)
         self._new_task_s: float | None = None   # measured seconds per task that needed an inversion
         self._new_task_at = 0.0                   # ... when (time.time())
         self._cheap_task_s = 0.0                  # ... per task that did not (latent known, or a segmenter)
@@ -229,18 +228,15 @@ class Backend:
         segmenter whose labels match the config, else by the newest interpreter through inversion, else
         (``foreground``: the config's foreground label) by the zero-label foreground. ``score`` ranks the
         value of labeling the task (model.labeling_order): ascending = label first."""
-        from model.labeling_order import DEFAULT_COVERAGE_WEIGHT, labeling_score, novelty
+        from model.labeling_order import labeling_score, novelty
 
         scored = self.score_items(project, items, label_map)
         if scored is None:
             if foreground is not None and self.fgbg is not None:
                 return self.foreground_entries(items, label_map, foreground)
             return [untrained_entry() for _ in items]
-        name, pred, cert, emb, labeled, cover = scored
-        if cover is not None:          # the project's pool is known: coverage gain (model.labeling_order)
-            scores = labeling_score(cert, cover.gain(emb), DEFAULT_COVERAGE_WEIGHT)
-        else:
-            scores = labeling_score(cert, novelty(emb, labeled) if labeled is not None else None)
+        name, pred, cert, emb, labeled = scored
+        scores = labeling_score(cert, novelty(emb, labeled) if labeled is not None else None)
         entries = []
         for it, labels, score in zip(items, pred.labels, scores):
             labels = self.pipeline.masks_to_size(labels, *it.image.shape[:2])
@@ -264,9 +260,7 @@ class Backend:
     def score_items(self, project: int, items: list[TaskImage], label_map: LabelMap):
         """What the labeling order is computed from (model.labeling_order), or None before the first fit:
         (model_version, Prediction, certainty float64 [N] in [0, 1], the items' embeddings [N, D] and the
-        labeled images' [M, D] in the serving model's space — both None when novelty is not measured —,
-        and the :class:`~model.labeling_order.Coverage` of the project's pool kept with the segmenter, or
-        None: no pool kept, or the interpreter serves)."""
+        labeled images' [M, D] in the serving model's space — both None when novelty is not measured)."""
         from model.labeling_order import image_embeddings, latent_embeddings
 
         pipe = self.pipeline
@@ -277,7 +271,6 @@ class Backend:
             name = segmenter_version_name(seg_version)
             labeled = self.labeled_embeddings(project, seg_version, seg)
             emb = image_embeddings(seg.model, images) if labeled is not None else None
-            cover = self.coverage(project, seg_version, labeled) if labeled is not None else None
         else:
             version, interp = self.interpreter(project)
             if interp is None:
@@ -290,36 +283,9 @@ class Backend:
             name = model_version_name(version)
             labeled = self.labeled_embeddings(project, version)
             emb = latent_embeddings(ws) if labeled is not None else None
-            cover = None
         n_cls = len(label_map.class_names)
         cert = np.array([pipe.certainty(float(s), n_cls) for s in pred.score], np.float64)
-        return name, pred, cert, emb, labeled, cover
-
-    def coverage(self, project: int, version: int, labeled: np.ndarray):
-        """The labeling order's :class:`~model.labeling_order.Coverage` of version N's pool (the task images
-        its segmenter job embedded) against its labeled images [M, D]; None when the job kept no pool (Label
-        Studio unreadable then, a project of one task, or a version trained before pools were kept)."""
-        from model.labeling_order import Coverage
-
-        path = self.store.pool_embeddings_path(project, version)
-        try:
-            key = (project, version, path.stat().st_mtime_ns)   # a pool written again is read again
-        except OSError:
-            return None
-        if key not in self._coverage:
-            cover = None
-            try:
-                pool = np.load(path, allow_pickle=False)
-                if not isinstance(pool, np.ndarray) or pool.ndim != 2 or len(pool) < 2:
-                    raise ValueError(f"expected a [P ≥ 2, D] array, got {getattr(pool, 'shape', type(pool).__name__)}")
-                if not np.isfinite(pool).all():
-                    raise ValueError("it holds NaN or infinite values")
-                cover = Coverage(pool, labeled)
-            except Exception as e:   # a torn or hostile file costs the coverage, never the prediction
-                log.warning("project %s: pool embeddings %s unreadable, novelty used instead (%s)", project, path, e)
-            self._coverage = {k: v for k, v in self._coverage.items() if k[:2] != (project, version)}
-            self._coverage[key] = cover
-        return self._coverage[key]
+        return name, pred, cert, emb, labeled
 
     def labeled_embeddings(self, project: int, version: int, seg=None) -> np.ndarray | None:
         """Version N's labeled images [M, D] in the serving model's space: the segmenter's features
@@ -523,10 +489,7 @@ class Backend:
             class_names = interp.class_names
         recipe = SegmenterRecipe.quick() if self.settings.segmenter_recipe == "quick" else SegmenterRecipe()
         recipe = replace(recipe, refine=self.settings.refine)
-        pool_path = self.store.pool_embeddings_path(project, version)
-        pool_path.unlink(missing_ok=True)   # a pool embedded by an earlier segmenter of this version is stale
-        task_images = self.project_images(project, self.settings.drift_images)
-        unlabeled = task_images if recipe.refine != "never" else None
+        unlabeled = self.project_images(project, self.settings.drift_images) if recipe.refine != "never" else None
         try:
             seg = self.pipeline.train_segmenter(images, masks, class_names, recipe, seed=version,
                                                 log=lambda m: log.info("project %s %s: %s", project, name, m),
@@ -537,14 +500,6 @@ class Backend:
         seg.meta.update({"model_version": name, "trained_after": model_version_name(version)})
         if seg.refiner is not None:
             seg.refiner.save(self.store.refiner_path(project, version))
-        if task_images is not None and len(task_images) >= 2:   # the labeling order's pool (coverage)
-            from model.labeling_order import image_embeddings
-
-            try:
-                self.store.save_pool_embeddings(project, version, image_embeddings(seg.model, task_images))
-            except OSError as e:   # optional: without it the score falls back to novelty
-                log.warning("project %s %s: the labeling order's pool not saved (%s); scores use novelty",
-                            project, name, e)
         seg.save(path)
         summary = {"model_version": name, "seconds": seg.meta["seconds"], "n_real": seg.meta["n_real"]}
         for key in ("drift", "refiner"):
@@ -559,8 +514,8 @@ class Backend:
         """A seeded random sample (seed: the project id) of up to ``limit`` of the project's own task
         images (pushed synthetic tasks left out) at the generator's resolution, uint8 [N, R, R, 3]: every
         task is listed, only the sampled ones are decoded. None when there are none or Label Studio cannot
-        be read (drift and the labeling order's coverage are then not measured; the segmenter trains as
-        usual). Unreadable images are left out and logged."""
+        be read (drift is then not measured; the segmenter trains as usual). Unreadable images are left
+        out and logged."""
         if limit <= 0:
             return None
         rng = np.random.default_rng(project)
@@ -580,14 +535,14 @@ class Backend:
                     if j < limit:
                         sample[j] = task
         except LabelStudioError as e:
-            log.warning("project %s: task images not read, drift and coverage not measured (%s)", project, e)
+            log.warning("project %s: task images not read, drift not measured (%s)", project, e)
             return None
         out: list[np.ndarray] = []
         for task in sample:
             try:
                 out.append(self.pipeline.to_resolution(self.load_task_image(task, label_map).image))
             except ValueError as e:
-                log.info("project %s task %s left out of the pool read for drift and coverage: %s",
+                log.info("project %s task %s left out of the drift measurement: %s",
                          project, task.get("id"), e)
         return np.stack(out) if out else None
 

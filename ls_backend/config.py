@@ -41,8 +41,8 @@ ENV_DOC = {
     "DGAN_REFINE": "Domain drift (SimGAN): auto (default) measures how far the project's task images are from the "
                    "generator's samples and, when far, trains a refiner so the segmenter learns their look; "
                    "always; never",
-    "DGAN_DRIFT_IMAGES": "Task images the segmenter job reads to measure drift, train the refiner and "
-                         "measure the labeling order's coverage (default 500)",
+    "DGAN_DRIFT_IMAGES": "Task images the segmenter job samples (seeded, uniform over the project) to measure drift and "
+                         "train the refiner (default 500)",
     "DGAN_FOREGROUND_LABEL": "Before a project's first fit, /predict paints Labels4Free's zero-label foreground mask "
                              "under this label (default: the label whose hint mentions 'foreground', else the one "
                              "named like foreground/fg/object; none: off)",
@@ -78,7 +78,7 @@ class Settings:
     label_source: str = "interpreter"     # "interpreter", "label-branch" or "auto" (the better by cross-validation)
     device: str | None = None             # "cpu", "cuda", "cuda:N" (from_env resolves DGAN_DEVICE); None: DGAN_DEVICE
     refine: str = "auto"                  # "auto" (refiner when the project drifted), "always" or "never"
-    drift_images: int = 500               # task images read for drift, the refiner and the labeling order's pool
+    drift_images: int = 500               # task images read for drift and the refiner
     foreground_label: str | None = None   # DGAN_FOREGROUND_LABEL: the label of zero-label foreground predictions
     fgbg: str | None = None               # DGAN_FGBG: the alpha-net (None: the shipped one when it fits)
 

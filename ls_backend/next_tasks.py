@@ -4,22 +4,18 @@ The project's unlabeled real tasks are read from Label Studio (annotated or skip
 synthetic ones, whose data has ``dgan_seed``, are left out), scored by the project's latest model the
 way ``/predict`` scores them (:meth:`ls_backend.backend.Backend.score_items`) and picked greedily by
 :func:`model.labeling_order.select_next`: lowest score first, each pick then counting as labeled, so the
-list holds no two near-copies. Every candidate is scored, so the candidates themselves are the pool the
-coverage gain is measured on. All the ranking math lives in :mod:`model.labeling_order`.
+list holds no two near-copies. All the ranking math lives in :mod:`model.labeling_order`.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
 from .backend import SEED_KEYS, Backend
 from .brush import parse_label_config
-
-if TYPE_CHECKING:
-    from model.labeling_order import Pick
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +35,11 @@ def is_candidate(task: dict) -> bool:
 def next_tasks(backend: Backend, project: int, k: int = 16, batch: int = 32,
                progress: Callable[[int], None] | None = None) -> dict:
     """The ``k`` tasks of ``project`` to label next, best first: ``{"project", "model_version",
-    "candidates", "unreadable", "novelty_measured", "next": [{"task", "score", "certainty", "coverage",
-    "novelty", "why"}]}`` (score, certainty, coverage, novelty in [0, 1]; coverage: the gain over the
-    candidates, when embeddings are measured; novelty only where coverage is not). ``progress`` is
+    "candidates", "unreadable", "novelty_measured", "next": [{"task", "score", "certainty", "novelty",
+    "why"}]}`` (score, certainty, novelty in [0, 1]; novelty None when not measured). ``progress`` is
     called with the number of tasks scored so far. Raises :class:`NoModelError` before the first fit and
     :class:`~ls_backend.client.LabelStudioError` when Label Studio cannot be read."""
-    from model.labeling_order import select_next
+    from model.labeling_order import select_next, why
 
     if k < 1:
         raise ValueError(f"--k must be at least 1, got {k}")
@@ -74,7 +69,7 @@ def next_tasks(backend: Backend, project: int, k: int = 16, batch: int = 32,
         scored = backend.score_items(project, items, label_map)
         if scored is None:     # the version vanished between the check and now (pruned): say so plainly
             raise NoModelError(f"project {project} has no model to rank with any more; run dgan next again")
-        name, _, cert, emb, labeled, _ = scored
+        name, _, cert, emb, labeled = scored
         names.add(name)
         ids.extend(it.task_id for it in items)
         certainty.append(cert)
@@ -98,25 +93,12 @@ def next_tasks(backend: Backend, project: int, k: int = 16, batch: int = 32,
     cert_all = np.concatenate(certainty) if certainty else np.zeros(0)
     measured = labeled is not None and len(embeddings) == len(certainty) and bool(embeddings)
     emb_all = np.concatenate(embeddings) if measured else None
-    # the candidates are the pool once the segmenter serves (its features); through the interpreter, novelty
-    # in W+ as /predict serves it
-    pooled = measured and len(ids) >= 2 and backend.segmenter_serves(project, label_map)
-    picks = select_next(cert_all, emb_all, labeled if measured else None, k, pool=emb_all if pooled else None)
+    picks = select_next(cert_all, emb_all, labeled if measured else None, k)
     return {"project": project, "model_version": next(iter(names), backend.model_version(project)),
             "candidates": len(ids), "unreadable": unreadable, "novelty_measured": measured,
             "next": [{"task": ids[p.index], "score": round(p.score, 4), "certainty": round(p.certainty, 4),
-                      "coverage": None if p.coverage is None else round(p.coverage, 4),
                       "novelty": None if p.novelty is None else round(p.novelty, 4),
-                      "why": _why(p)} for p in picks]}
-
-
-def _why(pick: Pick) -> str:
-    """In words, which term weighs more in ``pick``'s value (model.labeling_order.why)."""
-    from model.labeling_order import DEFAULT_COVERAGE_WEIGHT, DEFAULT_NOVELTY_WEIGHT, why
-
-    if pick.coverage is not None:
-        return why(pick.certainty, None, DEFAULT_COVERAGE_WEIGHT, coverage=pick.coverage)
-    return why(pick.certainty, pick.novelty, DEFAULT_NOVELTY_WEIGHT)
+                      "why": why(p.certainty, p.novelty)} for p in picks]}
 
 
 def format_table(report: dict) -> str:
@@ -124,24 +106,16 @@ def format_table(report: dict) -> str:
     lines = [f"project {report['project']}: next {len(report['next'])} of {report['candidates']} unlabeled tasks "
              f"by {report['model_version']}" + (f" ({report['unreadable']} unreadable, left out)"
                                                  if report["unreadable"] else ""),
-             f"{'rank':>4}  {'task':>8}  {'score':>6}  {'certainty':>9}  {'coverage':>8}  why"]
-    rows = report["next"]
-    for rank, row in enumerate(rows, 1):
-        term = row.get("coverage") if row.get("coverage") is not None else row.get("novelty")
-        shown = "–" if term is None else f"{term:.3f}"
-        lines.append(f"{rank:>4}  {row['task']:>8}  {row['score']:>6.3f}  {row['certainty']:>9.3f}  {shown:>8}  "
+             f"{'rank':>4}  {'task':>8}  {'score':>6}  {'certainty':>9}  {'novelty':>7}  why"]
+    for rank, row in enumerate(report["next"], 1):
+        nov = "–" if row["novelty"] is None else f"{row['novelty']:.3f}"
+        lines.append(f"{rank:>4}  {row['task']:>8}  {row['score']:>6.3f}  {row['certainty']:>9.3f}  {nov:>7}  "
                      f"{row['why']}")
-    if report["novelty_measured"] and any(r.get("coverage") is not None for r in rows):
-        from model.labeling_order import DEFAULT_COVERAGE_WEIGHT as w
-
-        lines.append(f"score = 1 − ({w:g}·coverage + {1 - w:g}·(1 − certainty)), low first; coverage = how many "
-                     "unlabeled tasks like this one no labeled task covers yet (relative to the best task); the "
-                     "tasks listed above count as labeled, so no two near-copies are proposed")
-    elif report["novelty_measured"]:
+    if report["novelty_measured"]:
         from model.labeling_order import DEFAULT_NOVELTY_WEIGHT as w
 
-        lines.append(f"score = 1 − ({w:g}·novelty + {1 - w:g}·(1 − certainty)), low first (the fifth column shows "
-                     "the novelty); novelty counts the tasks listed above as labeled, so no two near-copies are proposed")
+        lines.append(f"score = 1 − ({w:g}·novelty + {1 - w:g}·(1 − certainty)), low first; novelty counts the tasks "
+                     "listed above as labeled, so no two near-copies are proposed")
     else:
         lines.append("score = certainty, low first (novelty needs at least 2 labeled images kept with the model)")
     if not report["next"]:

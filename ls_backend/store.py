@@ -9,8 +9,6 @@ Disk layout under ``MODEL_DIR``::
     projects/<id>/interpreters/v0001.segmenter.pt     the segmenter trained on them after the fit
     projects/<id>/interpreters/v0001.refiner.pt       the SimGAN refiner its student learned from (drifted
                                                       projects only; .refiner.state while it trains)
-    projects/<id>/interpreters/v0001.pool.npy         the project's task images in that segmenter's features:
-                                                      the pool the labeling order's coverage is measured on
     latents/<sha256 of image bytes>.pt    W+ latents of inverted images (shared by all projects)
 
 A version is visible only once both files exist, so a crash mid-write never exposes half a model.
@@ -26,7 +24,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 VERSION_RE = re.compile(r"v(\d{4,})\.pt$")
@@ -113,22 +110,6 @@ class ProjectStore:
         """The refiner's training state while it trains (a stopped job resumes from it)."""
         return self._dir(project) / f"v{version:04d}.refiner.state"
 
-    def pool_embeddings_path(self, project: int, version: int) -> Path:
-        """Version N's pool: a sample of the project's task images embedded by its segmenter (float32 [P, D])."""
-        return self._dir(project) / f"v{version:04d}.pool.npy"
-
-    def save_pool_embeddings(self, project: int, version: int, embeddings: np.ndarray) -> Path:
-        """Write version N's pool embeddings [P, D] atomically (float32, no pickles)."""
-        path = self.pool_embeddings_path(project, version)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with open(tmp, "wb") as f:
-                np.save(f, np.asarray(embeddings, np.float32), allow_pickle=False)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
-
     def latest_refiner(self, project: int) -> int:
         """The newest version with a refiner (0 when none has one)."""
         ready = [v for v in self.versions(project) if self.refiner_path(project, v).exists()]
@@ -174,8 +155,7 @@ class ProjectStore:
             pt.with_suffix(".json").unlink(missing_ok=True)
             pt.unlink(missing_ok=True)
             for extra in (self.segmenter_path(project, v), self.training_data_path(project, v),
-                          self.refiner_path(project, v), self.refiner_state_path(project, v),
-                          self.pool_embeddings_path(project, v)):
+                          self.refiner_path(project, v), self.refiner_state_path(project, v)):
                 extra.unlink(missing_ok=True)
         if visible:   # models a crashed fit wrote without metadata, older than the newest version
             for pt in self._dir(project).glob("v*.pt"):

@@ -43,7 +43,7 @@ from typing import Callable
 import numpy as np
 
 from .domain import CLASSES, render_batch
-from .labeling_order import DEFAULT_COVERAGE_WEIGHT, image_embeddings, select_next
+from .labeling_order import DEFAULT_NOVELTY_WEIGHT, image_embeddings, select_next
 from .metrics import iou_per_class
 from .pipeline import SegmenterRecipe, certainty
 from .segmenter import Segmenter, predict, train_segmenter
@@ -64,7 +64,7 @@ class OrderSettings:
     batch: int = SegmenterRecipe.batch
     base: int = SegmenterRecipe.base
     lr: float = SegmenterRecipe.lr
-    weight: float | None = None    # the second term's weight; None: select_next's default
+    weight: float = DEFAULT_NOVELTY_WEIGHT
     size: int = 64
     seed: int = 0
 
@@ -158,8 +158,8 @@ def _ranked_picks(model, pool_img: np.ndarray, labeled: list[int], remaining: np
     seg = Segmenter(model, list(CLASSES))
     pred = seg.label(pool_img[remaining])
     cert = np.array([certainty(float(x), len(CLASSES)) for x in pred.score])
-    emb = image_embeddings(model, pool_img[remaining])
-    picks = select_next(cert, emb, image_embeddings(model, pool_img[labeled]), s.step, s.weight, pool=emb)
+    picks = select_next(cert, image_embeddings(model, pool_img[remaining]), image_embeddings(model, pool_img[labeled]),
+                        s.step, s.weight)
     return [int(remaining[p.index]) for p in picks]
 
 
@@ -264,9 +264,8 @@ def summarize(draws: list[dict], s: OrderSettings) -> dict:
         "settings": asdict(s),
         "model": (f"few-shot teacher U-Net of SegmenterRecipe (model.segmenter.train_segmenter: {s.steps} steps, "
                   f"batch {s.batch}, base {s.base}, lr {s.lr}), refitted after every step; same seed within a draw"),
-        "order": ("ranked: model.labeling_order.select_next on the current model (certainty of its top-10 % pixel "
-                  "entropy; coverage gain of the remaining pool in its UNet.embed features; weight "
-                  f"{DEFAULT_COVERAGE_WEIGHT if s.weight is None else s.weight}), greedy; random: uniform picks"),
+        "order": (f"ranked: model.labeling_order.select_next on the current model (certainty of its top-10 % pixel "
+                  f"entropy; novelty in its UNet.embed features; weight {s.weight}), greedy; random: uniform picks"),
         "labels_to_target_rule": "first crossing, linear interpolation between measured label counts; "
                                  "headline from the draw-mean curves against the draw-mean target; "
                                  f"saving = 1 - labels_to_target_ranked / {s.max_labels}",

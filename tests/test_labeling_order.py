@@ -4,8 +4,6 @@ simulation bench's loop on tiny settings."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -18,8 +16,8 @@ from model.generator.checkpoints import save_generator
 from model.images import png_data_uri, to_uint8
 from model.interpreter import InterpreterConfig
 from model.labeling import fit_from_latents
-from model.labeling_order import (MIN_LABELED, POOL_MAX, Coverage, image_embeddings, labeled_spacing, labeling_score,
-                                  labeling_value, latent_embeddings, nearest_distance, novelty, select_next, why)
+from model.labeling_order import (MIN_LABELED, image_embeddings, labeled_spacing, labeling_score, labeling_value,
+                                  latent_embeddings, nearest_distance, novelty, select_next, why)
 from model.segmenter import Segmenter, UNet, UNetConfig
 
 from .conftest import tiny_generator
@@ -45,6 +43,14 @@ def test_novelty_is_zero_for_a_copy_half_at_the_labeled_spacing_and_grows_with_d
     # absolute per task: scoring a task alone or among others gives the same novelty
     assert novelty(tasks[2:3], LABELED)[0] == nov[2]
     assert nearest_distance(tasks, LABELED).tolist() == pytest.approx([0, 2, np.hypot(8, 10), 1])
+    # chunked to a memory budget: one row at a time gives the same distances
+    import model.labeling_order as lo
+
+    budget, lo.DIFF_BYTES = lo.DIFF_BYTES, 1
+    try:
+        assert nearest_distance(tasks, LABELED).tolist() == pytest.approx([0, 2, np.hypot(8, 10), 1])
+    finally:
+        lo.DIFF_BYTES = budget
     with pytest.raises(ValueError, match=f"at least {MIN_LABELED} labeled"):
         novelty(tasks, LABELED[:1])
     with pytest.raises(ValueError, match="dimensions"):
@@ -79,52 +85,6 @@ def test_select_next_does_not_hand_out_two_near_copies():
     ranked = select_next(np.array([0.8, 0.2, 0.5]), None, None, k=5)
     assert [p.index for p in ranked] == [1, 2, 0] and ranked[0].score == 0.2 and ranked[0].novelty is None
     assert [p.index for p in select_next(np.array([0.8, 0.2]), tasks[:2], LABELED[:1], k=2)] == [1, 0]
-
-
-def _two_clusters() -> np.ndarray:
-    """A pool of 40 tasks in a dense cluster at the origin, 10 in a second cluster at (6, 0), 2 outliers."""
-    rng = np.random.default_rng(0)
-    return np.concatenate([rng.normal(0, 0.3, (40, 2)), rng.normal(0, 0.3, (10, 2)) + [6.0, 0.0],
-                           np.array([[30.0, 30.0], [-30.0, 10.0]])])
-
-
-def test_coverage_prefers_dense_uncovered_regions_to_outliers():
-    pool = _two_clusters()
-    cover = Coverage(pool, pool[40:41])               # one image of the small cluster is labeled
-    gain = cover.gain(pool)
-    assert gain.max() == pytest.approx(1.0) and np.argmax(gain) < 40          # the dense, uncovered cluster first
-    assert gain[40] == 0.0                                                       # a labeled image: nothing to add
-    assert gain[50] < 0.05 and gain[51] < 0.05                                   # outliers cover only themselves
-    assert gain[:40].mean() > 5 * gain[41:50].mean()                             # half-covered cluster: far less
-    # absolute for one Coverage: a task's gain alone is its gain among others
-    assert cover.gain(pool[3:4])[0] == gain[3]
-    # labeling the best task covers its neighbours: their gains fall, the other cluster's do not move
-    best = int(np.argmax(gain))
-    cover.add(pool[best:best + 1])
-    after = cover.gain(pool)
-    assert after[best] == 0.0 and after[:40].mean() < 0.5 * gain[:40].mean()
-    assert after[41:50] == pytest.approx(gain[41:50])
-    with pytest.raises(ValueError, match="at least 2"):
-        Coverage(pool[:1], None)
-    with pytest.raises(ValueError, match="dimensions"):
-        cover.gain(np.zeros((1, 3)))
-    big = Coverage(np.random.default_rng(1).normal(size=(POOL_MAX + 50, 2)), None)
-    assert len(big.pool) == POOL_MAX and big.covered.max() == 0.0
-
-
-def test_select_next_with_a_pool_spreads_over_the_dense_regions():
-    pool = _two_clusters()
-    picks = select_next(np.full(len(pool), 0.5), pool, pool[:0], k=3, pool=pool)
-    idx = [p.index for p in picks]
-    assert idx[0] < 40 and 40 <= idx[1] < 50            # one per cluster, the larger first; no outlier
-    assert all(p.novelty is None and 0 <= p.coverage <= 1 for p in picks)
-    assert picks[0].score == pytest.approx(0.0) and picks[0].coverage == pytest.approx(1.0)   # weight 1: 1 − gain
-    assert why(0.5, None, 1.0, coverage=0.8) == "covers unlabeled tasks"
-    assert why(0.1, None, 0.5, coverage=0.2) == "uncertain"
-    # with the uncertainty weighed in, an unsure task of the small cluster can come first
-    cert = np.full(len(pool), 0.99)
-    cert[45] = 0.0
-    assert select_next(cert, pool, None, k=1, weight=0.5, pool=pool)[0].index == 45
 
 
 # -- what /predict serves -------------------------------------------------------------------------------
@@ -163,23 +123,14 @@ def _items(backend: Backend, images: np.ndarray, seeds: list[int] | None = None)
     return [backend.load_task_image(t, lm) for t in tasks], lm
 
 
-def _segmenter_version(backend: Backend, project: int) -> tuple[Segmenter, int, np.ndarray]:
-    """A version fitted on seeds 0–5 with a seeded tiny segmenter saved beside it: (segmenter, version,
-    its labeled images)."""
-    from model.synthesis import latents_for_seeds
-
-    torch.manual_seed(0)
-    seg = Segmenter(UNet(UNetConfig(n_classes=3, base=4)), parse_label_config(CONFIG).class_names, backend.generator_id)
-    version, labeled = _version(backend, project, latents_for_seeds(backend.generator, list(range(0, 6))))
-    seg.save(backend.store.segmenter_path(project, version))
-    return seg, version, labeled
-
-
 def test_segmenter_scores_follow_the_labeled_set(backend):
     from model.synthesis import latents_for_seeds
 
     G = backend.generator
-    seg, _, labeled1 = _segmenter_version(backend, 5)
+    torch.manual_seed(0)
+    seg = Segmenter(UNet(UNetConfig(n_classes=3, base=4)), parse_label_config(CONFIG).class_names, backend.generator_id)
+    v1, labeled1 = _version(backend, 5, latents_for_seeds(G, list(range(0, 6))))
+    seg.save(backend.store.segmenter_path(5, v1))
     tasks = to_uint8(G.synthesis(latents_for_seeds(G, list(range(100, 106)))))
     items, lm = _items(backend, tasks)
     first = backend.predict_items(5, items, lm)
@@ -205,48 +156,7 @@ def test_segmenter_scores_follow_the_labeled_set(backend):
     assert not list((backend.store.root / "latents").glob("*.pt"))     # nothing inverted for the segmenter
 
 
-def test_segmenter_scores_use_the_pool_its_job_kept(backend, caplog):
-    """With the project's task images embedded beside the segmenter (the segmenter job's pool), the
-    served score is 1 − the coverage gain over that pool; an unreadable pool file falls back to novelty."""
-    from model.synthesis import latents_for_seeds
-
-    G = backend.generator
-    seg, v1, labeled = _segmenter_version(backend, 9)
-    pool_images = to_uint8(G.synthesis(latents_for_seeds(G, list(range(300, 330)))))
-    emb = image_embeddings(seg.model, pool_images)
-    backend.store.save_pool_embeddings(9, v1, emb)
-    items, lm = _items(backend, pool_images[:6])
-    served = [e["score"] for e in backend.predict_items(9, items, lm)]
-    gain = Coverage(emb.astype(np.float32), image_embeddings(seg.model, labeled)).gain(emb[:6])
-    assert served == pytest.approx(np.round(1 - gain, 4).tolist(), abs=1e-4)
-    assert min(served) < 1.0                                   # some task of the pool is worth labeling
-
-    cert = np.clip(1 - seg.label(pool_images[:6]).score / np.log(3), 0, 1)
-    nov = novelty(emb[:6], image_embeddings(seg.model, labeled))
-    path = backend.store.pool_embeddings_path(9, v1)
-    bad_pools = {"not a numpy file": lambda: path.write_bytes(b"not a numpy file"),
-                 "empty": lambda: path.write_bytes(b""),
-                 "NaN": lambda: np.save(path, np.full((5, emb.shape[1]), np.nan, np.float32)),
-                 "1-D": lambda: np.save(path, np.zeros(5, np.float32)),
-                 "an npz": lambda: path.write_bytes(_npz_bytes())}
-    for what, write in bad_pools.items():
-        caplog.clear()
-        time.sleep(0.01)          # a new mtime: the pool is read again
-        write()
-        fallback = [e["score"] for e in backend.predict_items(9, items, lm)]
-        assert fallback == pytest.approx(np.round(labeling_score(cert, nov), 4).tolist(), abs=1e-4), what
-        assert "pool embeddings" in caplog.text and "unreadable" in caplog.text, what
-
-
-def _npz_bytes() -> bytes:
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, pool=np.zeros((4, 2)))
-    return buf.getvalue()
-
-
-def test_the_pool_is_a_sample_of_the_whole_project(backend):
+def test_the_drift_images_are_a_sample_of_the_whole_project(backend):
     """project_images samples uniformly over every task (not the first ones Label Studio lists), leaves
     pushed synthetic tasks out and says nothing went wrong when Label Studio is unreachable."""
     images = np.stack([np.full((16, 16, 3), i, np.uint8) for i in range(60)])
@@ -354,19 +264,14 @@ def test_next_tasks_ranks_unlabeled_real_tasks(backend):
     assert report["model_version"] == "dgan-v1-segmenter"
     ids = [r["task"] for r in report["next"]]
     assert len(ids) == 4 and not {10, 11, 12} & set(ids) and not {13, 99} <= set(ids)   # never both copies
-    # Every candidate is scored, so they are the pool: the first pick is the one whose coverage gain over
-    # the candidates (against the labeled images, in the segmenter's features) is the largest.
-    loaded = backend.segmenter(5)[1]
-    cands = np.concatenate([images[3:], images[3:4]])
-    gain = Coverage(image_embeddings(loaded.model, cands), image_embeddings(loaded.model, labeled)).gain(
-        image_embeddings(loaded.model, cands))
-    assert report["next"][0]["coverage"] == pytest.approx(gain.max(), abs=1e-4)
-    assert report["next"][0]["score"] == pytest.approx(1 - gain.max(), abs=1e-4)
-    assert all(0 <= r["certainty"] <= 1 and 0 <= r["coverage"] <= 1 and r["novelty"] is None
-               and r["why"] in ("uncertain", "covers unlabeled tasks") for r in report["next"])
+    # The first pick is the candidate the served score ranks first.
+    items, lm = _items(backend, images[3:])
+    served = backend.predict_items(5, items, lm)
+    assert report["next"][0]["score"] == pytest.approx(min(e["score"] for e in served), abs=1e-4)
+    assert all(0 <= r["certainty"] <= 1 and 0 <= r["novelty"] < 1 and r["why"] in ("uncertain", "novel")
+               for r in report["next"])
     table = format_table(report)
     assert "next 4 of 8 unlabeled tasks by dgan-v1-segmenter" in table and str(ids[0]) in table
-    assert "score = 1 − (1·coverage + 0·(1 − certainty))" in table
     assert len(next_tasks(backend, 5, k=50)["next"]) == 8
 
     backend.client = FakeLabelStudio(tasks, fail=True)
