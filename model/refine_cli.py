@@ -46,7 +46,14 @@ def train_from_images(real: np.ndarray, out: str | Path, generator: str | None =
                          f"{pipe.resolution} px: read them at that size")
     samples = pipe.sample_images(list(range(POOL_SEED + seed * pool, POOL_SEED + (seed + 1) * pool)))
     out = Path(out)
-    part_model = None if parts is None else Segmenter.load(parts, pipe.generator_id).model
+    part_model = None
+    if parts is not None:   # the part U-Net reads images only: one trained on real labeled images (dgan
+        seg = Segmenter.load(parts)   # train-segmenter) records no generator and is fine; another one's is not
+        if seg.generator_id is not None and seg.generator_id != pipe.generator_id:
+            raise ValueError(f"{parts} belongs to generator {seg.generator_id}, not {pipe.generator_id}: give a "
+                             "segmenter of this generator's project, or one trained with dgan train-segmenter "
+                             "on labeled images of this domain")
+        part_model = seg.model
     cfg = RefinerConfig(steps=steps, self_reg=self_reg, part_colours=part_model is not None)
     ref = train_refiner(samples, real, cfg, seed=seed, parts=part_model, generator_id=pipe.generator_id,
                         state_path=out.with_name(out.name + ".state"),

@@ -173,3 +173,13 @@ def test_refine_train_with_a_segmenter_checkpoint_maps_part_colours(tmp_path):
     back = Refiner.load(tmp_path / "r.pt", pipe.generator_id)
     assert summary["part_colours"] is True and back.net.colour_w.shape == (3, 3, 3)
     assert back.refine(real[:2]).shape == (2, pipe.resolution, pipe.resolution, 3)
+    # `dgan train-segmenter --out` records no generator (it learns from labeled images): accepted as parts;
+    # a segmenter of another generator is refused with what to do
+    from model.segmenter import save_segmenter
+
+    save_segmenter(UNet(UNetConfig(n_classes=3, base=4)), tmp_path / "plain.pt", meta={"classes": ["a", "b", "c"]})
+    plain = train_from_images(real, tmp_path / "r2.pt", steps=2, pool=8, parts=tmp_path / "plain.pt")
+    assert plain["part_colours"] is True
+    Segmenter(UNet(UNetConfig(n_classes=3, base=4)), ["background", "face", "hair"], "0" * 16).save(tmp_path / "o.pt")
+    with pytest.raises(ValueError, match="belongs to generator 0000000000000000.*dgan train-segmenter"):
+        train_from_images(real, tmp_path / "r3.pt", steps=2, pool=8, parts=tmp_path / "o.pt")
