@@ -24,7 +24,8 @@ draw-mean target (random can cross it before 16 when its curve is not monotone);
 are beside them; ``saving`` = 1 − ``labels_to_target_ranked`` / 16.
 
 With ``cache`` (``--cache DIR``) every fit is kept, keyed by everything it depends on (the settings, the
-draw, the labeled pool indices in order, torch's version and thread count), and a later run reuses it:
+draw, the labeled pool indices in order, torch's version, thread count and device, and a digest of the
+fitting code), and a later run reuses it:
 an interrupted run resumes where it stopped, and a changed pick rule refits only the ranked curve (the
 fits are seeded, so a cached fit is the fit that run would make; the report says how many were reused).
 """
