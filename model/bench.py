@@ -289,7 +289,8 @@ def bench_quality(generator: str | None = None, quick: bool = False, out_dir: st
                   rows: str = "all", refiner: str | None = None) -> dict:
     """The DatasetGAN comparison table (see model/quality_table.py); ``quick`` is a minutes-long smoke run.
     With ``out_dir`` the table so far is written after every draw, and the whole table at the end (and the
-    domain-shift refiner's training state while it trains: a stopped run resumes it).
+    domain-shift refiner's training state while it trains); a stopped run started again with the same
+    ``out_dir`` keeps the draws it finished (same settings, generator, torch and code) and its refiner.
     ``rows``: ``all``; ``default`` (no domain-shift rows); ``shifted`` (the domain-shift rows and the
     baselines they are compared with, no ceiling or synthetic-size rows). ``refiner``: a refiner checkpoint
     trained on unlabeled shifted images (``dgan refine train``) to use instead of training one."""
@@ -317,8 +318,16 @@ def bench_quality(generator: str | None = None, quick: bool = False, out_dir: st
     from .refiner import Refiner
 
     trained = Refiner.load(refiner, pipe.generator_id) if refiner else None
+    earlier = Path(out_dir) / "quality.json" if out_dir else None
+    previous = None
+    if earlier is not None and earlier.exists():
+        try:
+            previous = json.loads(earlier.read_text())
+        except (OSError, ValueError) as e:
+            print(f"{earlier} could not be read ({e}): the table starts over", file=sys.stderr)
     report = run_quality(pipe, settings, log=lambda m: print(m, file=sys.stderr, flush=True), on_partial=save,
-                         refiner_state=Path(out_dir) / "refiner.state" if out_dir else None, refiner=trained)
+                         refiner_state=Path(out_dir) / "refiner.state" if out_dir else None, refiner=trained,
+                         resume=previous)
     save(report)
     return {**report, "machine": machine(dev)}
 

@@ -38,7 +38,9 @@ generator samples against the ceiling U-Net's labels of the same images) and
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,52 @@ class QualitySettings:
 
     def recipe(self) -> SegmenterRecipe:
         return SegmenterRecipe(teacher_steps=self.unet_steps, student_steps=self.unet_steps * 3 // 2, pool=self.pool)
+
+
+def code_digest() -> str:
+    """A digest of every source file of ``model/``: a table resumed across a code change would mix two
+    versions of the product in one table, so a changed digest starts the table over."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(here.rglob("*.py")):
+        h.update(str(f.relative_to(here)).encode() + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _settings_dict(s: QualitySettings) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()}
+
+
+def _records_out(table: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Per-run records as strict JSON (a class absent from a run is NaN in memory, null on disk)."""
+    return {k: [{**r, "per_class": [None if math.isnan(v) else v for v in r["per_class"]]} for r in runs]
+            for k, runs in table.items()}
+
+
+def _records_in(table: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    return {k: [{**r, "per_class": [math.nan if v is None else float(v) for v in r["per_class"]]} for r in runs]
+            for k, runs in table.items()}
+
+
+def resume_point(previous: dict | None, s: QualitySettings, generator_id: str) -> tuple[int, str]:
+    """How many draws of ``previous`` (a report a stopped run left) this run can keep, and why: 0 unless it
+    is unfinished, has per-run records, and was made with the same settings, generator, torch and code."""
+    import torch
+
+    if not previous:
+        return 0, "no earlier table"
+    rec = previous.get("records")
+    if previous.get("complete"):
+        return 0, "the earlier table is complete: running it again"
+    if not rec:
+        return 0, "the earlier table has no per-run records (written by an older version)"
+    want = {"settings": _settings_dict(s), "generator": generator_id, "torch": torch.__version__,
+            "code": code_digest()}
+    have = {"settings": previous.get("settings"), **{k: rec.get(k) for k in ("generator", "torch", "code")}}
+    changed = [k for k in want if want[k] != have[k]]
+    if changed:
+        return 0, f"the earlier table was made with another {' and '.join(changed)}: starting over"
+    return int(rec.get("draws_done", 0)), f"keeping the {rec.get('draws_done', 0)} draw(s) the earlier run finished"
 
 
 def _summ(runs: list[dict], classes: list[str]) -> dict:
@@ -131,15 +179,24 @@ def table_refiner(pipe: Pipeline, s: QualitySettings, state_path: str | Path | N
 
 
 def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
-                refiner_state: str | Path | None = None, refiner: Refiner | None = None) -> dict:
+                refiner_state: str | Path | None = None, refiner: Refiner | None = None,
+                resume: dict | None = None) -> dict:
     """Run the whole table; returns {"settings", "methods": {name: {miou_mean, miou_std, runs, per_class,
-    diff_vs_few_shot_*}}, "diagnostics", "seconds", "complete"}.
+    diff_vs_few_shot_*}}, "diagnostics", "seconds", "complete", "records"}; ``records`` holds every run's
+    figures and what they were made with, so a stopped run can be resumed.
 
     ``on_partial(report)``, if given, receives the table so far after the ceiling and after every draw
     (an hour-long run leaves its finished draws behind when it is stopped). ``refiner_state``: where the
     domain-shift refiner's training state is kept (a stopped run resumes its refiner); ``refiner``: one
-    already trained on unlabeled shifted images (e.g. by ``dgan refine train``) instead of training it."""
+    already trained on unlabeled shifted images (e.g. by ``dgan refine train``) instead of training it.
+    ``resume``: the report a stopped run left (its ``on_partial``); its finished draws are kept when
+    :func:`resume_point` allows (same settings, generator, torch and code), and the run goes on from there."""
+    import torch
+
     t0 = time.time()
+    start, why = resume_point(resume, s, pipe.generator_id)
+    if resume is not None:
+        log(f"resuming: {why}")
     res, classes = pipe.resolution, list(CLASSES)
     n_cls = len(classes)
     test_img, test_lab = render_batch(s.n_test, seed=1000 + s.seed, size=res)
@@ -166,14 +223,24 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
     baseline: dict[str, float] = {}
 
     refiners: list[dict] = []      # the meta of each draw's refiner (one entry when shared by all draws)
+    seconds_before = 0.0
+    if start:
+        rec = resume["records"]
+        scores, diagnostics = _records_in(rec["scores"]), _records_in(rec["diagnostics"])
+        refiners, seconds_before = list(rec.get("refiners", [])), float(resume.get("seconds", 0))
+    draws_done = start
 
     def report(done: bool) -> dict:
-        return {"settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in s.__dict__.items()},
+        return {"settings": _settings_dict(s),
                 "refiner": refiners[0] if len(refiners) == 1 else (refiners or None),
                 "classes": classes, "unet_recipe": _RECIPE_TEXT,
                 "methods": {k: _summ(v, classes) for k, v in scores.items()},
                 "diagnostics": {k: _summ(v, classes) for k, v in diagnostics.items()},
-                "seconds": round(time.time() - t0, 1), "complete": done}
+                "seconds": round(seconds_before + time.time() - t0, 1), "complete": done,
+                "resumed_after_draws": start or None,
+                "records": {"draws_done": draws_done, "generator": pipe.generator_id, "torch": torch.__version__,
+                            "code": code_digest(), "scores": _records_out(scores),
+                            "diagnostics": _records_out(diagnostics), "refiners": refiners}}
 
     def add(name: str, pred: np.ndarray, target: np.ndarray, table: dict | None = None) -> None:
         iou = 100 * iou_per_class(pred, target, n_cls)
@@ -185,14 +252,14 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
         log(f"  {name}: {miou:.2f}" + ("" if diff is None else f" ({diff:+.2f} vs few-shot U-Net)"))
 
     ceiling = None
-    if s.default_rows:
+    if s.default_rows and start < s.draws:
         log("ceiling")
         ceil_img, ceil_lab = render_batch(s.n_ceiling, seed=3000 + s.seed, size=res)
         ceiling = train_segmenter(ceil_img, ceil_lab, n_cls, steps=s.ceiling_steps).model
     if on_partial is not None:
         on_partial(report(False))
 
-    for draw in range(s.draws):
+    for draw in range(start, s.draws):
         log(f"draw {draw + 1}/{s.draws}")
         lab_img, lab_lab = render_batch(s.n_labeled, seed=2000 + s.seed, size=res, start=draw * s.n_labeled)
         few = train_segmenter(lab_img, lab_lab, n_cls, steps=s.unet_steps, seed=draw).model
@@ -225,6 +292,7 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
             _domain_shift_rows(pipe, s, draw, refiner, few, interp, sh_ws_ood, unlabeled_sh, lab_img, lab_lab,
                                test_img, test_lab, sh_img, sh_lab, add, log)
         if not s.default_rows:
+            draws_done = draw + 1
             if on_partial is not None:
                 on_partial(report(False))
             continue
@@ -249,6 +317,7 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
                                     n_cls, steps=s.unet_steps, seed=draw).model
             add(f"unet_synthetic_{n_syn}", predict(model, test_img), test_lab)
             add(f"unet_synthetic_{n_syn}_shifted", predict(model, sh_img), sh_lab)
+        draws_done = draw + 1
         if on_partial is not None:
             on_partial(report(False))
     return report(True)
@@ -298,8 +367,12 @@ def to_markdown(report: dict) -> str:
 
 
 def write(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write quality.json and quality.md into ``out_dir``, each replaced whole (a run stopped mid-write
+    leaves the previous file, which a resumed run reads)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "quality.md").write_text(to_markdown(report))
+    for name, text in (("quality.json", json.dumps(report, indent=2) + "\n"), ("quality.md", to_markdown(report))):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(out / name)
     return out / "quality.json", out / "quality.md"

@@ -76,3 +76,49 @@ def test_the_table_keeps_its_refiner_and_a_resumed_run_reuses_it(tmp_path):
     table_refiner(pipe, dataclasses.replace(s, refiner_steps=4), tmp_path / "refiner.state", logs.append)
     assert any("trained with other settings" in m for m in logs)
     assert Refiner.load(kept).meta["steps"] == 4
+
+
+def test_a_stopped_table_resumes_after_its_finished_draws_and_only_when_nothing_changed():
+    from model.quality_table import resume_point
+
+    pipe = Pipeline(tiny_generator(), None, inversion_steps=2)
+    s = QualitySettings(draws=2, n_test=6, synthetic_sizes=(8,), n_ceiling=8, unet_steps=3, ceiling_steps=3,
+                        inversion_steps=2, members=2, n_labeled=4, pool=6, branch_steps=3, n_unlabeled_shifted=12,
+                        refiner_steps=3, default_rows=False)
+    whole = run_quality(pipe, s, log=lambda m: None)
+
+    class Stop(Exception):
+        pass
+
+    left: list[dict] = []
+
+    def stop_after_first_draw(report: dict) -> None:
+        left.append(json.loads(json.dumps(report)))       # as written to disk and read back
+        if report["records"]["draws_done"] == 1:
+            raise Stop
+
+    try:
+        run_quality(pipe, s, log=lambda m: None, on_partial=stop_after_first_draw)
+    except Stop:
+        pass
+    stopped = left[-1]
+    assert not stopped["complete"] and stopped["records"]["draws_done"] == 1
+    logs: list[str] = []
+    resumed = run_quality(pipe, s, log=logs.append, resume=stopped)
+    assert any("keeping the 1 draw" in m for m in logs)
+    assert "draw 1/2" not in logs and "draw 2/2" in logs            # the finished draw is not run again
+    assert resumed["complete"] and resumed["resumed_after_draws"] == 1
+    for name, m in whole["methods"].items():                         # the same table as the uninterrupted run
+        assert resumed["methods"][name]["runs"] == m["runs"], name
+        assert resumed["methods"][name]["per_class"] == m["per_class"], name
+
+    # Nothing is kept from a finished table, one without records, or one made with other settings or code.
+    assert resume_point(resumed, s, pipe.generator_id)[0] == 0
+    assert resume_point({k: v for k, v in stopped.items() if k != "records"}, s, pipe.generator_id)[0] == 0
+    other = dataclasses.replace(s, unet_steps=4)
+    start, why = resume_point(stopped, other, pipe.generator_id)
+    assert start == 0 and "settings" in why
+    edited = {**stopped, "records": {**stopped["records"], "code": "0" * 16}}
+    start, why = resume_point(edited, s, pipe.generator_id)
+    assert start == 0 and "code" in why
+    assert resume_point(stopped, s, "another-generator")[0] == 0
