@@ -290,14 +290,15 @@ def bench_quality(generator: str | None = None, quick: bool = False, out_dir: st
     """The DatasetGAN comparison table (see model/quality_table.py); ``quick`` is a minutes-long smoke run.
     With ``out_dir`` the table so far is written after every draw, and the whole table at the end (and the
     domain-shift refiner's training state while it trains); a stopped run started again with the same
-    ``out_dir`` keeps the draws it finished (same settings, generator, torch and code) and its refiner.
+    ``out_dir`` keeps the draws it finished and its refiners (same settings, generator, torch, device, code
+    and given refiner); another table found there is moved to ``out_dir/previous/`` first.
     ``rows``: ``all``; ``default`` (no domain-shift rows); ``shifted`` (the domain-shift rows and the
     baselines they are compared with, no ceiling or synthetic-size rows). ``refiner``: a refiner checkpoint
     trained on unlabeled shifted images (``dgan refine train``) to use instead of training one."""
     if rows not in ("all", "default", "shifted"):
         raise ValueError(f"rows must be all, default or shifted, got {rows!r}")
     from .pipeline import Pipeline
-    from .quality_table import QualitySettings, run_quality, write
+    from .quality_table import QualitySettings, resume_point, run_quality, write
 
     dev = resolve_device(device)
     # The table's own U-Nets (few-shot baseline, ceiling) train on DGAN_DEVICE: make it this device.
@@ -325,6 +326,14 @@ def bench_quality(generator: str | None = None, quick: bool = False, out_dir: st
             previous = json.loads(earlier.read_text())
         except (OSError, ValueError) as e:
             print(f"{earlier} could not be read ({e}): the table starts over", file=sys.stderr)
+    if previous is not None and not resume_point(previous, settings, pipe.generator_id, str(pipe.device),
+                                                 trained.meta if trained else None).same:
+        # Another table: it and the refiners it kept move to previous/ (not overwritten, not reused).
+        aside = Path(out_dir) / "previous"
+        aside.mkdir(exist_ok=True)
+        for f in [Path(out_dir) / "quality.json", Path(out_dir) / "quality.md", *Path(out_dir).glob("refiner*")]:
+            if f.exists():
+                f.replace(aside / f.name)
     report = run_quality(pipe, settings, log=lambda m: print(m, file=sys.stderr, flush=True), on_partial=save,
                          refiner_state=Path(out_dir) / "refiner.state" if out_dir else None, refiner=trained,
                          resume=previous)

@@ -44,6 +44,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -111,25 +112,39 @@ def _records_in(table: dict[str, list[dict]]) -> dict[str, list[dict]]:
             for k, runs in table.items()}
 
 
-def resume_point(previous: dict | None, s: QualitySettings, generator_id: str) -> tuple[int, str]:
-    """How many draws of ``previous`` (a report a stopped run left) this run can keep, and why: 0 unless it
-    is unfinished, has per-run records, and was made with the same settings, generator, torch and code."""
+def _made_with(s: QualitySettings, generator_id: str, device: str, refiner: dict | None) -> dict:
+    """What a table's figures depend on besides the seeds: a resumed table keeps draws only when it matches."""
     import torch
 
+    return {"settings": _settings_dict(s), "generator": generator_id, "torch": torch.__version__,
+            "device": device, "code": code_digest(), "given_refiner": json.loads(json.dumps(refiner))}
+
+
+class Resume(NamedTuple):
+    draws: int          # finished draws kept
+    why: str            # for the log
+    same: bool          # the earlier table is an unfinished one of this very run: its refiners may be kept too
+
+
+def resume_point(previous: dict | None, s: QualitySettings, generator_id: str, device: str = "cpu",
+                 refiner: dict | None = None) -> Resume:
+    """How many draws of ``previous`` (a report a stopped run left) this run can keep, and why: none unless
+    it is unfinished, has per-run records, and was made with the same settings, generator, torch, device,
+    code and given refiner (``refiner``: the meta of one passed in, e.g. by ``--refiner``)."""
     if not previous:
-        return 0, "no earlier table"
+        return Resume(0, "no earlier table", False)
     rec = previous.get("records")
     if previous.get("complete"):
-        return 0, "the earlier table is complete: running it again"
+        return Resume(0, "the earlier table is complete: running it again", False)
     if not rec:
-        return 0, "the earlier table has no per-run records (written by an older version)"
-    want = {"settings": _settings_dict(s), "generator": generator_id, "torch": torch.__version__,
-            "code": code_digest()}
-    have = {"settings": previous.get("settings"), **{k: rec.get(k) for k in ("generator", "torch", "code")}}
-    changed = [k for k in want if want[k] != have[k]]
+        return Resume(0, "the earlier table has no per-run records (written by an older version)", False)
+    want = _made_with(s, generator_id, device, refiner)
+    have = {"settings": previous.get("settings"), **{k: rec.get(k) for k in want if k != "settings"}}
+    changed = [k.replace("_", " ") for k in want if want[k] != have[k]]
     if changed:
-        return 0, f"the earlier table was made with another {' and '.join(changed)}: starting over"
-    return int(rec.get("draws_done", 0)), f"keeping the {rec.get('draws_done', 0)} draw(s) the earlier run finished"
+        return Resume(0, f"the earlier table was made with another {' and '.join(changed)}: starting over", False)
+    done = int(rec.get("draws_done", 0))
+    return Resume(done, f"keeping the {done} draw(s) the earlier run finished", True)
 
 
 def _summ(runs: list[dict], classes: list[str]) -> dict:
@@ -190,11 +205,12 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
     domain-shift refiner's training state is kept (a stopped run resumes its refiner); ``refiner``: one
     already trained on unlabeled shifted images (e.g. by ``dgan refine train``) instead of training it.
     ``resume``: the report a stopped run left (its ``on_partial``); its finished draws are kept when
-    :func:`resume_point` allows (same settings, generator, torch and code), and the run goes on from there."""
-    import torch
-
+    :func:`resume_point` allows (same settings, generator, torch, device, code and given refiner), and the
+    run goes on from there. A resumed run trains the ceiling again (seeded; on a CPU the same model).
+    ``seconds`` adds up every run's time, the set-up a resumed run repeats included."""
     t0 = time.time()
-    start, why = resume_point(resume, s, pipe.generator_id)
+    made_with = _made_with(s, pipe.generator_id, str(pipe.device), None if refiner is None else refiner.meta)
+    start, why, _ = resume_point(resume, s, pipe.generator_id, str(pipe.device), made_with["given_refiner"])
     if resume is not None:
         log(f"resuming: {why}")
     res, classes = pipe.resolution, list(CLASSES)
@@ -238,8 +254,8 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
                 "diagnostics": {k: _summ(v, classes) for k, v in diagnostics.items()},
                 "seconds": round(seconds_before + time.time() - t0, 1), "complete": done,
                 "resumed_after_draws": start or None,
-                "records": {"draws_done": draws_done, "generator": pipe.generator_id, "torch": torch.__version__,
-                            "code": code_digest(), "scores": _records_out(scores),
+                "records": {"draws_done": draws_done, **{k: v for k, v in made_with.items() if k != "settings"},
+                            "scores": _records_out(scores),
                             "diagnostics": _records_out(diagnostics), "refiners": refiners}}
 
     def add(name: str, pred: np.ndarray, target: np.ndarray, table: dict | None = None) -> None:

@@ -2,6 +2,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from model.domain import CLASSES
 from model.pipeline import Pipeline
@@ -78,13 +79,14 @@ def test_the_table_keeps_its_refiner_and_a_resumed_run_reuses_it(tmp_path):
     assert Refiner.load(kept).meta["steps"] == 4
 
 
-def test_a_stopped_table_resumes_after_its_finished_draws_and_only_when_nothing_changed():
+@pytest.mark.parametrize("default_rows", [False, True])
+def test_a_stopped_table_resumes_after_its_finished_draws_and_only_when_nothing_changed(default_rows):
     from model.quality_table import resume_point
 
     pipe = Pipeline(tiny_generator(), None, inversion_steps=2)
     s = QualitySettings(draws=2, n_test=6, synthetic_sizes=(8,), n_ceiling=8, unet_steps=3, ceiling_steps=3,
                         inversion_steps=2, members=2, n_labeled=4, pool=6, branch_steps=3, n_unlabeled_shifted=12,
-                        refiner_steps=3, default_rows=False)
+                        refiner_steps=3, default_rows=default_rows)
     whole = run_quality(pipe, s, log=lambda m: None)
 
     class Stop(Exception):
@@ -108,17 +110,27 @@ def test_a_stopped_table_resumes_after_its_finished_draws_and_only_when_nothing_
     assert any("keeping the 1 draw" in m for m in logs)
     assert "draw 1/2" not in logs and "draw 2/2" in logs            # the finished draw is not run again
     assert resumed["complete"] and resumed["resumed_after_draws"] == 1
-    for name, m in whole["methods"].items():                         # the same table as the uninterrupted run
-        assert resumed["methods"][name]["runs"] == m["runs"], name
-        assert resumed["methods"][name]["per_class"] == m["per_class"], name
+    for part in ("methods", "diagnostics"):                          # the same table as the uninterrupted run
+        assert resumed[part].keys() == whole[part].keys()
+        for name, m in whole[part].items():
+            assert resumed[part][name]["runs"] == m["runs"], name
+            assert resumed[part][name]["per_class"] == m["per_class"], name
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed["refiner"]] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in whole["refiner"]]      # one per draw
+    assert resumed["seconds"] >= stopped["seconds"]
 
-    # Nothing is kept from a finished table, one without records, or one made with other settings or code.
-    assert resume_point(resumed, s, pipe.generator_id)[0] == 0
+    # Nothing is kept from a finished table, one without records, or one made with other settings, code,
+    # device or given refiner.
+    assert resume_point(stopped, s, pipe.generator_id).same
+    assert resume_point(resumed, s, pipe.generator_id)[0] == 0 and not resume_point(resumed, s, pipe.generator_id).same
     assert resume_point({k: v for k, v in stopped.items() if k != "records"}, s, pipe.generator_id)[0] == 0
     other = dataclasses.replace(s, unet_steps=4)
-    start, why = resume_point(stopped, other, pipe.generator_id)
+    start, why, _ = resume_point(stopped, other, pipe.generator_id)
     assert start == 0 and "settings" in why
     edited = {**stopped, "records": {**stopped["records"], "code": "0" * 16}}
-    start, why = resume_point(edited, s, pipe.generator_id)
+    start, why, _ = resume_point(edited, s, pipe.generator_id)
     assert start == 0 and "code" in why
     assert resume_point(stopped, s, "another-generator")[0] == 0
+    assert resume_point(stopped, s, pipe.generator_id, device="cuda:0")[0] == 0
+    start, why, same = resume_point(stopped, s, pipe.generator_id, refiner={"steps": 1200})
+    assert start == 0 and not same and "given refiner" in why
