@@ -36,13 +36,18 @@ ENV_DOC = {
     "DGAN_QUEUE": "RQ queue name (default dgan)",
     "DGAN_LABEL_SOURCE": "What labels generator features before the segmenter is ready: interpreter (default), "
                          "label-branch, or auto (cross-validate both per fit, keep the better)",
-    "DGAN_SEGMENTER": "After each fit, train the U-Net that then serves /predict: default (about 5 min at 64 px on "
-                      "2 cores), quick (seconds; smoke tests) or off (the interpreter serves)",
+    "DGAN_SEGMENTER": "After each fit, train the U-Net that then serves /predict: default (about 3 min at 64 px on "
+                      "2 cores; a drifted project's refiner adds 5-20 min), quick (seconds; smoke tests) or off "
+                      "(the interpreter serves)",
     "DGAN_REFINE": "Domain drift (SimGAN): auto (default) measures how far the project's task images are from the "
                    "generator's samples and, when far, trains a refiner so the segmenter learns their look; "
                    "always; never",
     "DGAN_DRIFT_IMAGES": "Task images the segmenter job samples (seeded, uniform over the project) to measure drift and "
                          "train the refiner (default 500)",
+    "DGAN_LS_DOCUMENT_ROOT": "Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, where `dgan push` stores images "
+                             "(else pushed images travel as data URIs)",
+    "DGAN_POLYGON_TOLERANCE": "Douglas-Peucker tolerance in pixels of polygons sent to <PolygonLabels> projects "
+                              "(default 0.5: exact; 0 keeps every pixel corner; at most 10)",
     "DGAN_FOREGROUND_LABEL": "Before a project's first fit, /predict paints Labels4Free's zero-label foreground mask "
                              "under this label (default: the label whose hint mentions 'foreground', else the one "
                              "named like foreground/fg/object; none: off)",
@@ -159,6 +164,12 @@ class Settings:
             problems.append(f"DGAN_REFINE={refine!r} must be auto (train a SimGAN refiner when the project's images "
                             "drifted from the generator's), always, or never")
             refine = "auto"
+        from .polygons import polygon_tolerance
+
+        try:
+            polygon_tolerance(env.get("DGAN_POLYGON_TOLERANCE") or 0.5)
+        except ValueError as e:
+            problems.append(str(e))
         from model.device import DeviceError, resolve_device
 
         try:

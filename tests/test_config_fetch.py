@@ -20,10 +20,11 @@ def _png(w=8, h=6) -> bytes:
 def test_settings_validation_names_each_problem(tmp_path):
     with pytest.raises(ConfigError) as e:
         Settings.from_env({"LABEL_STUDIO_URL": "localhost:8080", "DGAN_PREDICT_BUDGET_S": "soon",
-                           "BASIC_AUTH_USER": "u", "DGAN_GENERATOR": str(tmp_path / "nope.pt")})
+                           "BASIC_AUTH_USER": "u", "DGAN_GENERATOR": str(tmp_path / "nope.pt"),
+                           "DGAN_POLYGON_TOLERANCE": "50"})
     msg = str(e.value)
     for part in ("not an http(s) URL", "LABEL_STUDIO_API_KEY is not set", "DGAN_PREDICT_BUDGET_S='soon'",
-                 "BASIC_AUTH_USER and BASIC_AUTH_PASS", "DGAN_GENERATOR"):
+                 "BASIC_AUTH_USER and BASIC_AUTH_PASS", "DGAN_GENERATOR", "DGAN_POLYGON_TOLERANCE='50' is out of range"):
         assert part in msg, part
     s = Settings.from_env({"LABEL_STUDIO_URL": "http://ls:8080/", "LABEL_STUDIO_API_KEY": "k",
                            "MODEL_DIR": str(tmp_path), "DGAN_ALLOWED_ROOTS": str(tmp_path)})
