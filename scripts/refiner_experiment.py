@@ -10,6 +10,8 @@ visible). JSON lines to stdout and ``--out``.
 
     .venv/bin/python scripts/refiner_experiment.py --out runs/refiner-exp.jsonl
     .venv/bin/python scripts/refiner_experiment.py --refiner runs/refiner.pt --real-fraction 0.25
+    .venv/bin/python scripts/refiner_experiment.py --part-colours --draws 0 1 2 --student-steps 2 \
+        --save runs/refiner-exp/refiner.pt   # refiner-parts-{draw}.pt there are reused (e.g. a table's refiner-draw{draw}.pt)
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ def main() -> None:
     ap.add_argument("--refiner", help="a trained refiner (.pt) instead of training the table's")
     ap.add_argument("--save", default="runs/refiner-exp/refiner.pt", help="where the trained refiner goes")
     ap.add_argument("--real-fraction", type=float, help="the student's share of real images per batch")
+    ap.add_argument("--student-steps", type=float,
+                    help="the student's steps as a multiple of the recipe's (e.g. 2: as many default-look pool "
+                         "images per step as without the refined copy)")
     ap.add_argument("--part-colours", action="store_true",
                     help="a refiner with part colour maps, trained per draw with the draw's teacher reading the parts")
     ap.add_argument("--out", default="runs/refiner-exp/results.jsonl")
@@ -80,6 +85,8 @@ def main() -> None:
     # the project's 500 task images the table's served segmenter reads (their masks only for part_colours)
     unlabeled, unlabeled_lab = render_batch(500, seed=7000 + s.seed, size=res, variant="shifted")
     recipe = s.recipe() if a.real_fraction is None else replace(s.recipe(), real_fraction=a.real_fraction)
+    if a.student_steps:
+        recipe = replace(recipe, student_steps=round(recipe.student_steps * a.student_steps))
     for draw in a.draws:
         lab_img, lab_lab = render_batch(s.n_labeled, seed=2000 + s.seed, size=res, start=draw * s.n_labeled)
         few = train_segmenter(lab_img, lab_lab, len(classes), steps=s.unet_steps, seed=draw).model
@@ -98,6 +105,7 @@ def main() -> None:
         served = pipe.train_segmenter(lab_img, lab_lab, classes, recipe, seed=draw, refiner=refiner,
                                       unlabeled=unlabeled, teacher=teacher, log=lambda m: print(m, flush=True))
         emit({"what": "served_pre_annotator_refined", "draw": draw, "real_fraction": recipe.real_fraction,
+              "student_steps": recipe.student_steps,
               "refiner": a.refiner or a.save, "seconds": round(time.time() - t, 1),
               "default": score(served, test_img, test_lab), "shifted": score(served, sh_img, sh_lab)})
 
