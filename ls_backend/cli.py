@@ -150,7 +150,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     if a.stop:
         stop(Path(a.out))
         return 0
-    run_demo(a.out, n_tasks=a.tasks, n_annotated=a.annotate, n_push=a.push)
+    run_demo(a.out, n_tasks=a.tasks, n_annotated=a.annotate, n_push=a.push, shifted=a.shifted)
     return 0
 
 
@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tasks", type=int, default=200, help="real (domain) images in the project")
     d.add_argument("--annotate", type=int, default=16, help="tasks annotated with exact masks")
     d.add_argument("--push", type=int, default=1000, help="synthesized tasks pushed for review")
+    d.add_argument("--shifted", action="store_true",
+                   help="a project whose images drifted from the generator's: the annotated tasks are default-domain "
+                        "images, the others shifted-domain ones (the backend measures the drift and trains a SimGAN "
+                        "refiner); pre-annotations are scored on the shifted tasks and the push is refined")
     d.add_argument("--stop", action="store_true", help="stop the processes a previous demo left running")
     d.set_defaults(func=_cmd_demo)
 

@@ -4,6 +4,12 @@ Starts (or reuses) Redis, starts Label Studio, the backend and a worker; creates
 default-domain images; annotates 16 with the domain's exact masks (standing in for people); trains;
 pre-annotates the rest; pushes synthesized tasks for review; exports COCO and VOC; prints a summary
 and leaves Label Studio running for a person to review.
+
+``--shifted``: the project a team has when its images come from another domain than the generator's.
+The 16 annotated tasks are default-domain images, every other task a shifted-domain image (skin, hair and
+mouth recoloured, the eyes' contrast inverted: model.domain's ``shifted`` variant). The segmenter job
+measures the drift, trains a SimGAN refiner on the project's task images, and its student serves the
+pre-annotations, scored on the shifted tasks; the push is refined (``dgan push --refine``).
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ def stop(out: Path) -> None:
 
 
 def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push: int = 1000,
-             seed: int = 0) -> dict:
+             seed: int = 0, shifted: bool = False) -> dict:
     from pycocotools.coco import COCO  # noqa: F401 - fail early if the serve extra is missing
 
     from model.metrics import iou_per_class, per_class_percent
@@ -132,6 +138,8 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
            "MODEL_DIR": str(out / "models"), "DGAN_LS_DOCUMENT_ROOT": str(ls.document_root),
            "DGAN_ALLOWED_ROOTS": str(ls.document_root), "DGAN_QUEUE": namespace, "DGAN_REDIS_PREFIX": namespace,
            "BASIC_AUTH_USER": auth_user, "BASIC_AUTH_PASS": auth_pass, "DGAN_WEBHOOK_SECRET": webhook_secret}
+    if shifted:     # what it shows is the product's drift handling: not turned off by the caller's environment
+        env["DGAN_REFINE"] = "auto"
     logs = out / "logs"
     logs.mkdir(exist_ok=True)
     for name, args in (("backend", ["serve", "--host", "127.0.0.1", "--port", str(port)]), ("worker", ["worker"])):
@@ -142,13 +150,19 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
     backend_url = f"http://127.0.0.1:{port}"
     wait_for(lambda: _ok(backend_url + "/health"), 120, "the backend")
 
-    _step(3, steps, f"project with {n_tasks} default-domain images", t0)
+    domain = (f"{n_annotated} default-domain images (to annotate) and {n_tasks - n_annotated} shifted-domain images"
+              if shifted else f"{n_tasks} default-domain images")
+    _step(3, steps, f"project with {domain}", t0)
     s = requests.Session()
     s.headers["Authorization"] = f"Token {ls.token}"
     api = ls.url + "/api"
     project = s.post(f"{api}/projects", json={"title": f"dgan demo {time.strftime('%H:%M')}",
                                               "label_config": CONFIG}).json()["id"]
     images, masks = render_batch(n_tasks, seed=1000 + seed)
+    if shifted:     # task i is image i of its domain: the first n_annotated default, the rest shifted
+        sh_images, sh_masks = render_batch(n_tasks, seed=1000 + seed, variant="shifted")
+        images = np.concatenate([images[:n_annotated], sh_images[n_annotated:]])
+        masks = np.concatenate([masks[:n_annotated], sh_masks[n_annotated:]])
     r = s.post(f"{api}/projects/{project}/import", json=[{"image": png_data_uri(im)} for im in images])
     r.raise_for_status()
     task_ids = sorted(t["id"] for t in s.get(f"{api}/tasks", params={"project": project, "page_size": 5000}
@@ -194,9 +208,20 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
 
     t_seg = time.time()
     store = ProjectStore(out / "models")
-    wait_for(lambda: store.latest_segmenter(project) >= last["version"], 1200, "the segmenter after the fit", every=3)
+
+    def segmenter_meta() -> dict | None:   # written into the version's report once the segmenter is saved
+        if store.latest_segmenter(project) < last["version"]:
+            return None
+        return store.version_meta(project, store.latest_segmenter(project)).get("segmenter")
+
+    # A drifted project's segmenter job also trains the refiner: about 5-20 min more on 2 cores.
+    seg_meta = wait_for(segmenter_meta, 3600 if shifted else 1200, "the segmenter after the fit", every=3)
     timings["segmenter_s"] = round(time.time() - t_seg, 1)
-    print(f"      segmenter of {last['model_version']} ready after {timings['segmenter_s']:.0f}s more")
+    drift, refiner = seg_meta.get("drift"), seg_meta.get("refiner")
+    print(f"      segmenter of {last['model_version']} ready after {timings['segmenter_s']:.0f}s more"
+          + (f"; task images {drift['ratio']}x the floor from the generator's samples "
+             f"({'drifted' if drift['drifted'] else 'not drifted'})" if drift else "")
+          + (f"; SimGAN refiner trained in {refiner['seconds']:.0f} s" if refiner else ""))
 
     _step(5, steps, f"pre-annotating the other {n_tasks - n_annotated} tasks (one 'Retrieve predictions' call)", t0)
     rest = task_ids[n_annotated:]
@@ -227,8 +252,9 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
 
     _step(6, steps, f"pushing {n_push} synthesized tasks for review", t0)
     t_push = time.time()
+    refine = ["--refine"] if refiner else []    # a drifted project's pushed images take its tasks' look
     push = subprocess.run([sys.executable, "-m", "ls_backend.cli", "push", "--project", str(project), "--n",
-                           str(n_push)], env=env, text=True)
+                           str(n_push), *refine], env=env, text=True)
     if push.returncode:
         raise RuntimeError("dgan push failed (see above)")
     timings["push_s"] = round(time.time() - t_push, 1)
@@ -252,6 +278,10 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
                "project": project, "project_url": f"{ls.url}/projects/{project}/data",
                "pre_annotation_miou": round(miou, 2), "pre_annotation_per_class": per_class,
                "pre_annotation_model_versions": served_by, "cv_miou": last["cv_miou"],
+               "tasks": {"annotated_default_domain": n_annotated,
+                         ("pre_annotated_shifted_domain" if shifted else "pre_annotated_default_domain"):
+                             n_tasks - n_annotated},
+               "drift": drift, "refiner": refiner, "pushed_refined": bool(refine),
                "cv_per_class": last.get("cv_per_class"), "timings": timings,
                "total_s": round(time.time() - t0, 1), "exports": exports, "backend": backend_url,
                "logs": str(logs), "stop": f"dgan demo --stop --out {out}",
