@@ -81,6 +81,9 @@ class SegmenterRecipe:
     refiner_steps: int = 1200
     refiner_self_reg: float = 10.0
     refiner_part_colours: bool = True   # the refiner maps each part's colour, the parts read by the teacher
+    # With a refiner the student's synthetic half holds the pool and its refined copy: this many times the
+    # steps keeps each default-look sample's share of training (the default domain then loses nothing).
+    refined_student_steps: float = 2.0
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -91,6 +94,9 @@ class SegmenterRecipe:
     def __post_init__(self) -> None:
         if self.refine not in ("auto", "always", "never"):
             raise ValueError(f"refine must be 'auto', 'always' or 'never', got {self.refine!r}")
+        if not self.refined_student_steps > 0:
+            raise ValueError(f"refined_student_steps must be above 0 (a multiple of student_steps), "
+                             f"got {self.refined_student_steps!r}")
 
 
 @dataclass
@@ -331,12 +337,14 @@ class Pipeline:
             if refiner is not None:
                 extra_images = np.concatenate([pool, refiner.refine(pool)])
                 extra_labels = np.concatenate([labels, labels])
-            student = train_segmenter(images, masks, n_cls, steps=r.student_steps, batch=r.batch, base=r.base, lr=r.lr,
+            steps = r.student_steps if refiner is None else round(r.student_steps * r.refined_student_steps)
+            student = train_segmenter(images, masks, n_cls, steps=steps, batch=r.batch, base=r.base, lr=r.lr,
                                       seed=seed, extra_images=extra_images, extra_labels=extra_labels,
                                       real_fraction=r.real_fraction, extra_cutmix=r.cutmix, should_stop=should_stop,
                                       device=self.device)
-            log(f"student trained in {student.seconds:.0f} s on {len(images)} real + {len(extra_images)} synthetic")
-            meta["student_seconds"] = round(student.seconds, 1)
+            log(f"student trained in {student.seconds:.0f} s ({steps} steps) on {len(images)} real + "
+                f"{len(extra_images)} synthetic")
+            meta["student_seconds"], meta["student_steps"] = round(student.seconds, 1), steps
             model = student.model
         else:
             refiner = None

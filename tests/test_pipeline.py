@@ -160,16 +160,20 @@ def test_segmenter_measures_drift_and_learns_from_refined_samples_when_the_proje
     quick = dict(teacher_steps=30, student_steps=10, pool=48, batch=4, base=4, lr=1e-2, refiner_steps=10)
     seg = pipe.train_segmenter(images, masks, CLASSES, SegmenterRecipe(**quick), unlabeled=same)
     assert not seg.meta["drift"]["drifted"] and seg.refiner is None and "refiner" not in seg.meta
+    assert seg.meta["student_steps"] == 10
     seg = pipe.train_segmenter(images, masks, CLASSES, SegmenterRecipe(**quick), unlabeled=drifted,
                                refiner_state=tmp_path / "r.state")
     d = seg.meta["drift"]
     assert d["drifted"] and d["ratio"] > 3 and d["n"] == 24
     assert seg.refiner is not None and seg.meta["refiner"]["steps"] == 10 and seg.meta["refiner"]["n_real"] == 24
     assert not (tmp_path / "r.state").exists()          # a finished training leaves no state behind
+    assert seg.meta["student_steps"] == 20                # twice the samples (pool + refined copy): twice the steps
     never = pipe.train_segmenter(images, masks, CLASSES, SegmenterRecipe(**quick, refine="never"), unlabeled=drifted)
     assert never.refiner is None and "drift" not in never.meta
     with pytest.raises(ValueError, match="refine must be"):
         SegmenterRecipe(refine="sometimes")
+    with pytest.raises(ValueError, match="refined_student_steps must be above 0"):
+        SegmenterRecipe(refined_student_steps=0)
 
 
 def test_inversion_through_a_refiner_finds_drifted_images_better(pipe):
