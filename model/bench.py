@@ -298,7 +298,7 @@ def bench_quality(generator: str | None = None, quick: bool = False, out_dir: st
     if rows not in ("all", "default", "shifted"):
         raise ValueError(f"rows must be all, default or shifted, got {rows!r}")
     from .pipeline import Pipeline
-    from .quality_table import QualitySettings, resume_point, run_quality, write
+    from .quality_table import QualitySettings, made_with, resume_point, run_quality, write
 
     dev = resolve_device(device)
     # The table's own U-Nets (few-shot baseline, ceiling) train on DGAN_DEVICE: make it this device.
@@ -326,8 +326,8 @@ def bench_quality(generator: str | None = None, quick: bool = False, out_dir: st
             previous = json.loads(earlier.read_text())
         except (OSError, ValueError) as e:
             print(f"{earlier} could not be read ({e}): the table starts over", file=sys.stderr)
-    if previous is not None and not resume_point(previous, settings, pipe.generator_id, str(pipe.device),
-                                                 trained.meta if trained else None).same:
+    made = made_with(settings, pipe.generator_id, str(pipe.device), trained.meta if trained else None)
+    if previous is not None and not resume_point(previous, made).same:
         # Another table: it and the refiners it kept move to previous/ (not overwritten, not reused).
         aside = Path(out_dir) / "previous"
         aside.mkdir(exist_ok=True)

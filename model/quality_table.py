@@ -112,8 +112,9 @@ def _records_in(table: dict[str, list[dict]]) -> dict[str, list[dict]]:
             for k, runs in table.items()}
 
 
-def _made_with(s: QualitySettings, generator_id: str, device: str, refiner: dict | None) -> dict:
-    """What a table's figures depend on besides the seeds: a resumed table keeps draws only when it matches."""
+def made_with(s: QualitySettings, generator_id: str, device: str = "cpu", refiner: dict | None = None) -> dict:
+    """What a table's figures depend on besides the seeds (``refiner``: the meta of one passed in, e.g. by
+    ``--refiner``): a resumed table keeps draws only when it matches (:func:`resume_point`)."""
     import torch
 
     return {"settings": _settings_dict(s), "generator": generator_id, "torch": torch.__version__,
@@ -126,11 +127,10 @@ class Resume(NamedTuple):
     same: bool          # the earlier table is an unfinished one of this very run: its refiners may be kept too
 
 
-def resume_point(previous: dict | None, s: QualitySettings, generator_id: str, device: str = "cpu",
-                 refiner: dict | None = None) -> Resume:
+def resume_point(previous: dict | None, want: dict) -> Resume:
     """How many draws of ``previous`` (a report a stopped run left) this run can keep, and why: none unless
-    it is unfinished, has per-run records, and was made with the same settings, generator, torch, device,
-    code and given refiner (``refiner``: the meta of one passed in, e.g. by ``--refiner``)."""
+    it is unfinished, has per-run records, and was made as ``want`` (:func:`made_with`: the same settings,
+    generator, torch, device, code and given refiner)."""
     if not previous:
         return Resume(0, "no earlier table", False)
     rec = previous.get("records")
@@ -138,7 +138,6 @@ def resume_point(previous: dict | None, s: QualitySettings, generator_id: str, d
         return Resume(0, "the earlier table is complete: running it again", False)
     if not rec:
         return Resume(0, "the earlier table has no per-run records (written by an older version)", False)
-    want = _made_with(s, generator_id, device, refiner)
     have = {"settings": previous.get("settings"), **{k: rec.get(k) for k in want if k != "settings"}}
     changed = [k.replace("_", " ") for k in want if want[k] != have[k]]
     if changed:
@@ -209,8 +208,8 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
     run goes on from there. A resumed run trains the ceiling again (seeded; on a CPU the same model).
     ``seconds`` adds up every run's time, the set-up a resumed run repeats included."""
     t0 = time.time()
-    made_with = _made_with(s, pipe.generator_id, str(pipe.device), None if refiner is None else refiner.meta)
-    start, why, _ = resume_point(resume, s, pipe.generator_id, str(pipe.device), made_with["given_refiner"])
+    made = made_with(s, pipe.generator_id, str(pipe.device), None if refiner is None else refiner.meta)
+    start, why, _ = resume_point(resume, made)
     if resume is not None:
         log(f"resuming: {why}")
     res, classes = pipe.resolution, list(CLASSES)
@@ -254,7 +253,7 @@ def run_quality(pipe: Pipeline, s: QualitySettings, log=print, on_partial=None,
                 "diagnostics": {k: _summ(v, classes) for k, v in diagnostics.items()},
                 "seconds": round(seconds_before + time.time() - t0, 1), "complete": done,
                 "resumed_after_draws": start or None,
-                "records": {"draws_done": draws_done, **{k: v for k, v in made_with.items() if k != "settings"},
+                "records": {"draws_done": draws_done, **{k: v for k, v in made.items() if k != "settings"},
                             "scores": _records_out(scores),
                             "diagnostics": _records_out(diagnostics), "refiners": refiners}}
 

@@ -81,7 +81,7 @@ def test_the_table_keeps_its_refiner_and_a_resumed_run_reuses_it(tmp_path):
 
 @pytest.mark.parametrize("default_rows", [False, True])
 def test_a_stopped_table_resumes_after_its_finished_draws_and_only_when_nothing_changed(default_rows):
-    from model.quality_table import resume_point
+    from model.quality_table import made_with, resume_point
 
     pipe = Pipeline(tiny_generator(), None, inversion_steps=2)
     s = QualitySettings(draws=2, n_test=6, synthetic_sizes=(8,), n_ceiling=8, unet_steps=3, ceiling_steps=3,
@@ -121,16 +121,17 @@ def test_a_stopped_table_resumes_after_its_finished_draws_and_only_when_nothing_
 
     # Nothing is kept from a finished table, one without records, or one made with other settings, code,
     # device or given refiner.
-    assert resume_point(stopped, s, pipe.generator_id).same
-    assert resume_point(resumed, s, pipe.generator_id)[0] == 0 and not resume_point(resumed, s, pipe.generator_id).same
-    assert resume_point({k: v for k, v in stopped.items() if k != "records"}, s, pipe.generator_id)[0] == 0
+    this_run = made_with(s, pipe.generator_id)
+    assert resume_point(stopped, this_run).same
+    assert resume_point(resumed, this_run)[0] == 0 and not resume_point(resumed, this_run).same
+    assert resume_point({k: v for k, v in stopped.items() if k != "records"}, this_run)[0] == 0
     other = dataclasses.replace(s, unet_steps=4)
-    start, why, _ = resume_point(stopped, other, pipe.generator_id)
+    start, why, _ = resume_point(stopped, made_with(other, pipe.generator_id))
     assert start == 0 and "settings" in why
     edited = {**stopped, "records": {**stopped["records"], "code": "0" * 16}}
-    start, why, _ = resume_point(edited, s, pipe.generator_id)
+    start, why, _ = resume_point(edited, this_run)
     assert start == 0 and "code" in why
-    assert resume_point(stopped, s, "another-generator")[0] == 0
-    assert resume_point(stopped, s, pipe.generator_id, device="cuda:0")[0] == 0
-    start, why, same = resume_point(stopped, s, pipe.generator_id, refiner={"steps": 1200})
+    assert resume_point(stopped, made_with(s, "another-generator"))[0] == 0
+    assert resume_point(stopped, made_with(s, pipe.generator_id, device="cuda:0"))[0] == 0
+    start, why, same = resume_point(stopped, made_with(s, pipe.generator_id, refiner={"steps": 1200}))
     assert start == 0 and not same and "given refiner" in why
