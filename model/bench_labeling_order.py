@@ -208,7 +208,8 @@ def run_labeling_order(s: OrderSettings, log: Callable[[str], None] = print, cac
             old = reused[draw]
             if old["start"] != start or abs(float(old["random"][str(s.start)]) - m0) > 0.01:
                 raise ValueError(f"draw {draw}: the baseline's first fit ({old['start']}: {old['random'][str(s.start)]}) "
-                                 f"is not reproduced here ({start}: {m0:.2f}); run without --baseline")
+                                 f"is not reproduced here ({start}: {m0:.2f}); seeded fits repeat only on the same kind of CPU "
+                                 "and torch build, so run without --baseline to refit the random order here")
             row["random"], row["random_labeled"] = dict(old["random"]), list(old["random_labeled"])
             log(f"  random: reused from the baseline report ({row['random']})")
         for order in ("random", "ranked") if reused is None else ("ranked",):

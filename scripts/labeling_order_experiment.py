@@ -10,7 +10,11 @@ Variants (all greedy, batch of 4, each pick counting as labeled for the next):
 - ``cover``: facility-location coverage of the candidate pool in the model's embedding (Gaussian
   kernel, bandwidth = median distance to the 10th nearest pool neighbour): the pick that adds most
   coverage of pool tasks not yet covered by labeled ones (dense, uncovered regions first);
-- ``cover_unc``: ``w·gain/max gain + (1 − w)·(1 − certainty)`` with w = 0.5.
+- ``cover_unc``: ``w·gain/max gain + (1 − w)·(1 − certainty)`` with w = 0.5;
+- ``eiou``: class-aware value, aligned with the metric (a mean over classes): per task and class the
+  model's own expected IoU of its hard prediction (soft IoU of probabilities vs argmax), its shortfall
+  ``1 − eIoU_c(x)`` weighed by how weak the class is over the whole pool (``1 − eIoU_c`` of the pool,
+  normalised to sum 1); greedy with the served novelty, ``½ novelty + ½ value / max value``.
 
     PYTHONPATH=. .venv/bin/python scripts/labeling_order_experiment.py --variants cover cover_unc --draws 0
 """
@@ -96,6 +100,37 @@ def typiclust_picks(emb: np.ndarray, lab: np.ndarray, k: int) -> list[int]:
     return picks
 
 
+def expected_iou_value(probs: np.ndarray) -> np.ndarray:
+    """Class-aware labeling value float64 [N] ≥ 0 from probabilities float32 [N, C, H, W] (see ``eiou``)."""
+    p = torch.from_numpy(probs).double()
+    hard = torch.nn.functional.one_hot(p.argmax(1), p.shape[1]).permute(0, 3, 1, 2).double()
+    inter, soft, hsum = (p * hard).sum((2, 3)), p.sum((2, 3)), hard.sum((2, 3))       # [N, C]
+    union = soft + hsum - inter
+    eiou = torch.where(union > 1e-6, inter / union.clamp_min(1e-12), torch.ones_like(union))
+    pool = inter.sum(0) / (soft.sum(0) + hsum.sum(0) - inter.sum(0)).clamp_min(1e-12)  # [C]
+    w = (1 - pool) / (1 - pool).sum().clamp_min(1e-12)
+    present = (soft > 0.5) | (hsum > 0)
+    return (((1 - eiou) * present) * w[None]).sum(1).numpy()
+
+
+def novelty_greedy(value: np.ndarray, emb: np.ndarray, lab: np.ndarray, k: int) -> list[int]:
+    """Greedy ``½ novelty + ½ value / max value`` with the served novelty d/(d+r)."""
+    from model.labeling_order import labeled_spacing, nearest_distance
+
+    v = value / max(float(value.max()), 1e-12)
+    r = labeled_spacing(lab)
+    d = nearest_distance(emb, lab)
+    taken = np.zeros(len(v), bool)
+    picks = []
+    for _ in range(k):
+        score = np.where(taken, -np.inf, 0.5 * d / (d + r) + 0.5 * v)
+        i = int(np.argmax(score))
+        picks.append(i)
+        taken[i] = True
+        d = np.minimum(d, nearest_distance(emb, emb[i:i + 1]))
+    return picks
+
+
 def ranked(variant: str, model, pool_img, labeled, remaining, s: OrderSettings) -> list[int]:
     seg = Segmenter(model, list(CLASSES))
     pred = seg.label(pool_img[remaining])
@@ -108,6 +143,8 @@ def ranked(variant: str, model, pool_img, labeled, remaining, s: OrderSettings) 
         idx = cover_picks(emb, lab, cert, s.step, 1.0)
     elif variant == "typiclust":
         idx = typiclust_picks(emb, lab, s.step)
+    elif variant == "eiou":
+        idx = novelty_greedy(expected_iou_value(pred.probs), emb, lab, s.step)
     elif variant == "cover_unc":
         idx = cover_picks(emb, lab, cert, s.step, 0.5)
     else:
