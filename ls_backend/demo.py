@@ -201,8 +201,9 @@ def run_demo(out: str | Path, n_tasks: int = 200, n_annotated: int = 16, n_push:
     if "error" in last:
         raise RuntimeError(f"the fit failed: {last['error']} (see {logs / 'worker.log'})")
     timings["fit_s"] = round(time.time() - t_fit, 1)
-    print(f"      model {last['model_version']}: trained on {last['n_images']} images, cross-validated mIoU "
-          f"{last['cv_miou']}% (per class: {last.get('cv_per_class')})")
+    print(f"      model {last['model_version']}: trained on {last['n_images']} images; the interpreter, which serves "
+          f"until the segmenter is ready, cross-validates at {last['cv_miou']}% mIoU "
+          f"(per class: {last.get('cv_per_class')})")
     # After the fit, a worker job trains the segmenter that serves /predict (the interpreter serves until then).
     from .store import ProjectStore
 
