@@ -13,8 +13,9 @@ Variants (all greedy, batch of 4, each pick counting as labeled for the next):
 - ``cover_unc``: ``w·gain/max gain + (1 − w)·(1 − certainty)`` with w = 0.5;
 - ``eiou``: class-aware value, aligned with the metric (a mean over classes): per task and class the
   model's own expected IoU of its hard prediction (soft IoU of probabilities vs argmax), its shortfall
-  ``1 − eIoU_c(x)`` weighed by how weak the class is over the whole pool (``1 − eIoU_c`` of the pool,
-  normalised to sum 1); greedy with the served novelty, ``½ novelty + ½ value / max value``.
+  ``1 − eIoU_c(x)`` (counted where the class is present in the task: ≥ 0.5 px of probability mass or
+  any argmax pixel) weighted by how weak the class is over the candidates (``1 − eIoU_c`` of all
+  candidates together, normalised to sum 1); greedy with the served novelty, ``½ novelty + ½ value / max value``.
 
     PYTHONPATH=. .venv/bin/python scripts/labeling_order_experiment.py --variants cover cover_unc --draws 0
 """
@@ -102,9 +103,11 @@ def typiclust_picks(emb: np.ndarray, lab: np.ndarray, k: int) -> list[int]:
 
 def expected_iou_value(probs: np.ndarray) -> np.ndarray:
     """Class-aware labeling value float64 [N] ≥ 0 from probabilities float32 [N, C, H, W] (see ``eiou``)."""
-    p = torch.from_numpy(probs).double()
-    hard = torch.nn.functional.one_hot(p.argmax(1), p.shape[1]).permute(0, 3, 1, 2).double()
-    inter, soft, hsum = (p * hard).sum((2, 3)), p.sum((2, 3)), hard.sum((2, 3))       # [N, C]
+    p = torch.from_numpy(probs)
+    hard = p.argmax(1)                                                                   # [N, H, W]
+    per_class = [(torch.where(hard == c, p[:, c], 0.0).sum((1, 2)), p[:, c].sum((1, 2)), (hard == c).sum((1, 2)))
+                 for c in range(p.shape[1])]                                             # one class at a time: no [N, C, H, W] copies
+    inter, soft, hsum = (torch.stack([x[i] for x in per_class], 1).double() for i in range(3))   # [N, C]
     union = soft + hsum - inter
     eiou = torch.where(union > 1e-6, inter / union.clamp_min(1e-12), torch.ones_like(union))
     pool = inter.sum(0) / (soft.sum(0) + hsum.sum(0) - inter.sum(0)).clamp_min(1e-12)  # [C]
