@@ -225,9 +225,13 @@ def predict_and_import(project: int, task_ids: list[int], label_config: str) -> 
 
 
 def enqueue_predictions(settings: Settings, conn: Redis, project: int, task_ids: list[int], label_config: str) -> str:
+    """Queue predictions for tasks /predict had no time for, at the *front* of the queue: someone pressed
+    "Retrieve predictions" and waits for them, so they wait only for the job running now, not for every
+    segmenter training queued before them (minutes each on a CPU). Returns the job id."""
     from rq import Retry
 
     job = queue(settings, conn).enqueue(predict_and_import, project, task_ids, label_config,
                                         retry=Retry(max=3, interval=[5, 30, 120]), job_timeout=JOB_TIMEOUT_S,
-                                        description=f"predict {len(task_ids)} tasks of project {project}")
+                                        description=f"predict {len(task_ids)} tasks of project {project}",
+                                        at_front=True)
     return job.id

@@ -176,3 +176,14 @@ def test_a_segmenter_makes_way_for_another_projects_fit_and_queues_itself_behind
     # A fit queued long ago that never started (its worker gone) no longer holds segmenters back.
     conn.zadd(K.fits_waiting, {"9": time.time() - jobs.FIT_QUEUED_TTL_S - 1})
     assert not jobs.other_fit_waiting(conn, K, 6)
+
+
+def test_retrieved_predictions_go_ahead_of_queued_segmenter_trainings(setup):
+    settings, conn, _ = setup
+    q = jobs.queue(settings, conn)
+    q.empty()
+    jobs.enqueue_segmenter(settings, conn, 2, 2)               # another project's segmenter, minutes of training
+    jobs.enqueue_segmenter(settings, conn, 3, 1)               # this project's own, queued by its fit
+    jobs.enqueue_predictions(settings, conn, 3, [11, 12], "<View/>")   # then "Retrieve predictions"
+    order = [(j.func_name.rsplit(".", 1)[1], j.args[:2]) for j in q.jobs]
+    assert order == [("predict_and_import", (3, [11, 12])), ("train_segmenter", (2, 2)), ("train_segmenter", (3, 1))]
