@@ -116,24 +116,6 @@ def expected_iou_value(probs: np.ndarray) -> np.ndarray:
     return (((1 - eiou) * present) * w[None]).sum(1).numpy()
 
 
-def novelty_greedy(value: np.ndarray, emb: np.ndarray, lab: np.ndarray, k: int) -> list[int]:
-    """Greedy ``½ novelty + ½ value / max value`` with the served novelty d/(d+r)."""
-    from model.labeling_order import labeled_spacing, nearest_distance
-
-    v = value / max(float(value.max()), 1e-12)
-    r = labeled_spacing(lab)
-    d = nearest_distance(emb, lab)
-    taken = np.zeros(len(v), bool)
-    picks = []
-    for _ in range(k):
-        score = np.where(taken, -np.inf, 0.5 * d / (d + r) + 0.5 * v)
-        i = int(np.argmax(score))
-        picks.append(i)
-        taken[i] = True
-        d = np.minimum(d, nearest_distance(emb, emb[i:i + 1]))
-    return picks
-
-
 def ranked(variant: str, model, pool_img, labeled, remaining, s: OrderSettings) -> list[int]:
     seg = Segmenter(model, list(CLASSES))
     pred = seg.label(pool_img[remaining])
@@ -147,7 +129,8 @@ def ranked(variant: str, model, pool_img, labeled, remaining, s: OrderSettings) 
     elif variant == "typiclust":
         idx = typiclust_picks(emb, lab, s.step)
     elif variant == "eiou":
-        idx = novelty_greedy(expected_iou_value(pred.probs), emb, lab, s.step)
+        value = expected_iou_value(pred.probs)      # the served greedy, with this value in place of 1 − certainty
+        idx = [p.index for p in select_next(1 - value / max(float(value.max()), 1e-12), emb, lab, s.step, 0.5)]
     elif variant == "cover_unc":
         idx = cover_picks(emb, lab, cert, s.step, 0.5)
     else:

@@ -31,14 +31,14 @@ import torch
 
 from model.bench_labeling_order import POOL_SEED, TEST_SEED, OrderSettings, _fit
 from model.domain import CLASSES, render_batch
-from model.metrics import iou_per_class
+from model.metrics import iou_per_class, per_class_percent
 from model.segmenter import predict
 
 
 def test_scores(model, test_img: np.ndarray, test_lab: np.ndarray) -> tuple[float, dict[str, float]]:
     """(test mIoU %, {class: IoU %}) of ``model`` on uint8 images [N, H, W, 3] with label maps [N, H, W]."""
     iou = iou_per_class(predict(model, test_img), test_lab, len(CLASSES))
-    return round(100 * float(np.nanmean(iou)), 2), {c: round(100 * float(v), 1) for c, v in zip(CLASSES, iou)}
+    return round(100 * float(np.nanmean(iou)), 2), per_class_percent(iou, list(CLASSES))
 
 
 def summary(path: str) -> list[dict]:
